@@ -1,0 +1,40 @@
+# The two set-up commands: `make dev` and `make test`. Everything else is a helper.
+PYTHON ?= $(shell for p in python3.13 python3.12 python3.11 python3; do \
+	command -v $$p >/dev/null 2>&1 && $$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' && { echo $$p; break; }; done)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: dev test lint fmt install api worker clean
+
+$(BIN)/python:
+	@test -n "$(PYTHON)" || { echo "Python 3.11+ is required"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+
+# Re-install whenever pyproject.toml changes.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+dev: install
+	$(BIN)/jobq dev
+
+# pytest exits 5 when it collected nothing: that is a failure, not a pass.
+test: install
+	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: no tests were collected - failing"; fi; exit $$rc
+
+lint: install
+	$(BIN)/ruff check app worker tests migrations
+	$(BIN)/ruff format --check app worker tests migrations
+	$(BIN)/mypy app worker
+
+fmt: install
+	$(BIN)/ruff format app worker tests migrations
+	$(BIN)/ruff check --fix app worker tests migrations
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

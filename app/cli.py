@@ -1,0 +1,151 @@
+"""The `jobq` command: api, worker, migrate, dispatcher, dlq-consumer, dev."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+
+from app.config import Settings, get_settings
+from app.db import masked_url
+from app.errors import JobqError
+from app.logging_setup import configure_logging
+
+log = logging.getLogger("jobq.cli")
+
+
+def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
+    """Serve the HTTP API with uvicorn."""
+    import uvicorn
+
+    from app.main import create_app
+
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    """Consume jobs until SIGTERM/SIGINT."""
+    from app.runtime import build_runtime
+    from worker.runner import Worker
+
+    runtime = build_runtime(settings, pool_size=settings.worker_concurrency + 2)
+    try:
+        return Worker(runtime).run_until_signalled()
+    finally:
+        runtime.close()
+
+
+def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    """Apply database migrations up to head."""
+    from app.migrate import upgrade
+
+    upgrade(settings.database_url, args.revision)
+    log.info("database migrated to %s: %s", args.revision, masked_url(settings.database_url))
+    return 0
+
+
+def _run_loop(start: Callable[[], None], stop: Callable[[], None]) -> int:
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    start()
+    while not done.wait(1.0):
+        pass
+    stop()
+    return 0
+
+
+def cmd_dispatcher(settings: Settings, args: argparse.Namespace) -> int:
+    """Only re-publish unconfirmed jobs (the API also does this in-process)."""
+    from app.publisher import Dispatcher
+    from app.runtime import build_runtime
+
+    runtime = build_runtime(settings, pool_size=2)
+    dispatcher = Dispatcher(
+        runtime.sqs,
+        runtime.sessions,
+        after_seconds=settings.dispatch_after_seconds,
+        interval_seconds=settings.dispatch_interval_seconds,
+    )
+    return _run_loop(dispatcher.start, dispatcher.stop)
+
+
+def cmd_dlq_consumer(settings: Settings, args: argparse.Namespace) -> int:
+    """Only settle dead-lettered messages (workers also do this unless JOBQ_DLQ_CONSUMER=false)."""
+    from app.runtime import build_runtime
+    from worker.dlq import DeadLetterConsumer
+
+    runtime = build_runtime(settings, pool_size=2)
+    dlq_url = runtime.sqs.resolve_dlq_url()
+    if not dlq_url:
+        raise JobqError(
+            "no dead-letter queue: set SQS_DLQ_URL or a RedrivePolicy", field="SQS_DLQ_URL"
+        )
+    consumer = DeadLetterConsumer(
+        runtime.sqs, runtime.sessions, dlq_url, wait_seconds=settings.sqs_wait_seconds
+    )
+    return _run_loop(consumer.start, consumer.stop)
+
+
+def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
+    """Embedded PostgreSQL + SQS emulator + migrations + API + one worker."""
+    from app.devrun import run_dev
+
+    return run_dev(settings)
+
+
+COMMANDS: dict[str, tuple[Callable[[Settings, argparse.Namespace], int], str]] = {
+    "api": (cmd_api, "serve the HTTP API (HOST, PORT)"),
+    "worker": (cmd_worker, "run a worker until SIGTERM"),
+    "migrate": (cmd_migrate, "apply database migrations"),
+    "dispatcher": (cmd_dispatcher, "re-publish jobs whose SQS publish was not confirmed"),
+    "dlq-consumer": (cmd_dlq_consumer, "mark dead-lettered jobs failed and drain the DLQ"),
+    "dev": (cmd_dev, "run everything locally on embedded PostgreSQL and SQS"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; one subcommand per entry in COMMANDS."""
+    parser = argparse.ArgumentParser(prog="jobq", description="jobq: jobs on PostgreSQL + SQS")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (_, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text)
+        if name == "migrate":
+            p.add_argument("revision", nargs="?", default="head")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `jobq` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        settings = get_settings()
+    except Exception as exc:  # pydantic's ValidationError names the bad variable
+        print(f"jobq: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "dev" and "JOBQ_LOG_FORMAT" not in os.environ:
+        settings = settings.model_copy(update={"log_format": "console"})
+    configure_logging(settings)
+    handler, _ = COMMANDS[args.command]
+    try:
+        return handler(settings, args)
+    except JobqError as exc:
+        print(f"jobq {args.command}: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

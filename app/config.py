@@ -1,0 +1,76 @@
+"""Configuration: every setting comes from an environment variable (twelve-factor)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.sqs_limits import MAX_DELAY_SECONDS, MAX_VISIBILITY_TIMEOUT, MAX_WAIT_SECONDS
+
+
+class Settings(BaseSettings):
+    """All jobq settings; names in the README's configuration table."""
+
+    model_config = SettingsConfigDict(env_prefix="JOBQ_", extra="ignore", populate_by_name=True)
+
+    # Connections (conventional names without the JOBQ_ prefix).
+    database_url: str = Field("", validation_alias=AliasChoices("DATABASE_URL"))
+    sqs_queue_url: str = Field("", validation_alias=AliasChoices("SQS_QUEUE_URL"))
+    sqs_dlq_url: str = Field("", validation_alias=AliasChoices("SQS_DLQ_URL"))
+    sqs_endpoint_url: str | None = Field(None, validation_alias=AliasChoices("SQS_ENDPOINT_URL"))
+    aws_region: str = Field(
+        "us-east-1", validation_alias=AliasChoices("AWS_REGION", "AWS_DEFAULT_REGION")
+    )
+    host: str = Field("127.0.0.1", validation_alias=AliasChoices("HOST"))
+    port: int = Field(8000, ge=1, le=65535, validation_alias=AliasChoices("PORT"))
+
+    # Jobs.
+    max_attempts: int = Field(3, ge=1, le=1000)
+    max_payload_bytes: int = Field(256 * 1024, ge=1024)
+    task_modules: str = ""
+    task_timeout_seconds: float = Field(15 * 60, gt=0)
+
+    # Worker.
+    worker_concurrency: int = Field(4, ge=1, le=256)
+    sqs_wait_seconds: int = Field(MAX_WAIT_SECONDS, ge=0, le=MAX_WAIT_SECONDS)
+    visibility_timeout_seconds: int = Field(30, ge=5, le=MAX_VISIBILITY_TIMEOUT)
+    heartbeat_seconds: float | None = Field(None, gt=0)
+    backoff_base_seconds: float = Field(2.0, ge=0)
+    backoff_cap_seconds: float = Field(300.0, ge=0, le=MAX_VISIBILITY_TIMEOUT)
+    shutdown_grace_seconds: float = Field(25.0, ge=0, le=120)
+    dlq_consumer: bool = True
+
+    # Dispatcher (re-publishes jobs whose fast-path publish was not confirmed).
+    dispatcher: bool = True
+    dispatch_after_seconds: float = Field(5.0, ge=0)
+    dispatch_interval_seconds: float = Field(1.0, gt=0)
+    max_delay_seconds: int = Field(MAX_DELAY_SECONDS, ge=0, le=MAX_DELAY_SECONDS)
+
+    # Logging.
+    log_level: str = "INFO"
+    log_format: str = "json"
+
+    @field_validator("log_format")
+    @classmethod
+    def _known_log_format(cls, value: str) -> str:
+        if value not in ("json", "console"):
+            raise ValueError("must be 'json' or 'console'")
+        return value
+
+    @property
+    def effective_heartbeat_seconds(self) -> float:
+        """Heartbeat often enough that two missed beats still leave the message invisible."""
+        return self.heartbeat_seconds or max(1.0, self.visibility_timeout_seconds / 3)
+
+    @property
+    def task_module_list(self) -> list[str]:
+        """Extra task modules to import, from a comma-separated list."""
+        return [m.strip() for m in self.task_modules.split(",") if m.strip()]
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

@@ -1,0 +1,122 @@
+"""`jobq dev`: the whole stack on one machine, no Docker, no AWS account."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from app.config import Settings
+from app.db import masked_url
+from app.devstack import SqsServer, start_postgres
+from app.migrate import upgrade
+from app.queue import ensure_queues, make_sqs_client
+
+DEV_QUEUE = "jobq-default"
+DEV_DLQ = "jobq-dlq"
+
+
+def _banner(env: dict[str, str], settings: Settings, embedded: list[str]) -> str:
+    api = f"http://{settings.host}:{settings.port}"
+    lines = [
+        "",
+        "jobq dev is running (Ctrl-C stops everything)",
+        f"  API       {api}",
+        f"  API docs  {api}/docs",
+        f"  readiness {api}/readyz",
+        f"  database  {masked_url(env['DATABASE_URL'])}",
+        f"  SQS       {env.get('SQS_ENDPOINT_URL') or 'AWS'}  queue {env['SQS_QUEUE_URL']}",
+        f"  embedded  {', '.join(embedded) or 'nothing (using the configured services)'}",
+        f"  try:      curl -s -XPOST {api}/jobs -H 'content-type: application/json' "
+        '-d \'{"task":"echo","payload":{"hi":1}}\'',
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _prepare(
+    settings: Settings, data_dir: Path, handles: list[Any]
+) -> tuple[dict[str, str], list[str]]:
+    """Start what is not configured (appending to `handles`); return env and a summary."""
+    env = dict(os.environ)
+    embedded: list[str] = []
+    if not settings.database_url:
+        url, pg = start_postgres(data_dir / "pg")
+        handles.append(pg)
+        embedded.append("PostgreSQL (pgserver, data in .jobq/pg)")
+        env["DATABASE_URL"] = url
+    if not settings.sqs_queue_url:
+        port = int(os.environ.get("JOBQ_DEV_SQS_PORT", "9324"))
+        server = SqsServer(port=port).start()
+        handles.append(server)
+        embedded.append(f"SQS (moto server on 127.0.0.1:{server.port})")
+        env.update(
+            SQS_ENDPOINT_URL=server.endpoint,
+            AWS_ACCESS_KEY_ID=os.environ.get("AWS_ACCESS_KEY_ID", "test"),
+            AWS_SECRET_ACCESS_KEY=os.environ.get("AWS_SECRET_ACCESS_KEY", "test"),
+        )
+        client = make_sqs_client(settings.model_copy(update={"sqs_endpoint_url": server.endpoint}))
+        url, dlq = ensure_queues(
+            client,
+            DEV_QUEUE,
+            DEV_DLQ,
+            max_receive_count=settings.max_attempts,
+            visibility_timeout=settings.visibility_timeout_seconds,
+        )
+        env.update(SQS_QUEUE_URL=url, SQS_DLQ_URL=dlq)
+    env.setdefault("JOBQ_LOG_FORMAT", "console")
+    # Shorter long polls make Ctrl-C quick: the worker waits for its last poll to return.
+    env.setdefault("JOBQ_SQS_WAIT_SECONDS", "5")
+    return env, embedded
+
+
+def _stop(handles: list[Any]) -> None:
+    for handle in reversed(handles):
+        try:
+            if isinstance(handle, SqsServer):
+                handle.stop()
+            else:
+                handle.cleanup()
+        except Exception as exc:  # noqa: BLE001 - best effort at shutdown
+            print(f"jobq dev: stopping {handle!r} failed: {exc}", file=sys.stderr)
+
+
+def run_dev(settings: Settings) -> int:
+    """Run until Ctrl-C; return non-zero if a child process died on its own."""
+    data_dir = Path(os.environ.get("JOBQ_DEV_DIR", ".jobq")).resolve()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    children: list[subprocess.Popen[bytes]] = []
+    handles: list[Any] = []
+    try:
+        env, embedded = _prepare(settings, data_dir, handles)
+        upgrade(env["DATABASE_URL"])
+        for command in ("api", "worker"):
+            children.append(subprocess.Popen([sys.executable, "-m", "app.cli", command], env=env))
+        print(_banner(env, settings, embedded), flush=True)
+        while not stop.wait(0.5):
+            dead = [c for c in children if c.poll() is not None]
+            if dead:
+                print(
+                    f"jobq dev: a child exited with {dead[0].returncode}; stopping", file=sys.stderr
+                )
+                return 1
+        return 0
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + settings.shutdown_grace_seconds + 5
+        for child in children:
+            try:
+                child.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+        _stop(handles)
+        print("jobq dev: stopped", flush=True)

@@ -1,0 +1,1 @@
+"""The jobs domain: models, schemas, states, storage and the service."""

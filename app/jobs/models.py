@@ -1,0 +1,94 @@
+"""Typed SQLAlchemy models for jobs and their attempt history."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base
+from app.jobs.states import JobStatus
+
+_STATUS_CHECK = "status IN (" + ", ".join(f"'{s.value}'" for s in JobStatus) + ")"
+
+
+def _ts(nullable: bool = True, default: bool = False) -> Any:
+    return mapped_column(
+        DateTime(timezone=True), nullable=nullable, server_default=func.now() if default else None
+    )
+
+
+class Job(Base):
+    """One unit of work: what to run, its state, and its outcome."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        CheckConstraint(_STATUS_CHECK, name="ck_jobs_status"),
+        CheckConstraint("attempts >= 0", name="ck_jobs_attempts"),
+        CheckConstraint("max_attempts >= 1", name="ck_jobs_max_attempts"),
+        # Newest-first listing, optionally filtered; (created_at, id) is the cursor key.
+        Index("ix_jobs_created", "created_at", "id"),
+        Index("ix_jobs_status_created", "status", "created_at", "id"),
+        Index("ix_jobs_task_created", "task", "created_at", "id"),
+        # The dispatcher's scan: queued jobs whose publish is not confirmed.
+        Index(
+            "ix_jobs_unpublished",
+            "updated_at",
+            postgresql_where=text("status = 'queued' AND published_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    task: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), server_default=JobStatus.QUEUED.value)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    result: Mapped[Any | None] = mapped_column(JSONB, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    timeout_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    trace_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    worker_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    created_at: Mapped[datetime] = _ts(nullable=False, default=True)
+    updated_at: Mapped[datetime] = _ts(nullable=False, default=True)
+    started_at: Mapped[datetime | None] = _ts()
+    finished_at: Mapped[datetime | None] = _ts()
+    # Set once SQS confirmed a SendMessage for the current attempt series.
+    published_at: Mapped[datetime | None] = _ts()
+    # While running: the worker holding the job must heartbeat before this instant.
+    lease_expires_at: Mapped[datetime | None] = _ts()
+    dead_lettered_at: Mapped[datetime | None] = _ts()
+
+
+class JobAttempt(Base):
+    """The outcome of one execution attempt of a job (its error history)."""
+
+    __tablename__ = "job_attempts"
+    __table_args__ = (Index("ix_job_attempts_job", "job_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("jobs.id", ondelete="CASCADE")
+    )
+    attempt: Mapped[int] = mapped_column(Integer)
+    outcome: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    worker_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    started_at: Mapped[datetime | None] = _ts()
+    finished_at: Mapped[datetime] = _ts(nullable=False, default=True)

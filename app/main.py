@@ -1,0 +1,60 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app import health
+from app.config import Settings, get_settings
+from app.http_errors import install_error_handlers
+from app.jobs import routes as job_routes
+from app.jobs.service import JobService
+from app.limits import BodySizeLimit
+from app.logging_setup import configure_logging
+from app.publisher import Dispatcher, Publisher
+from app.runtime import build_runtime
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the API; connections open lazily and background threads start with the app."""
+    settings = settings or get_settings()
+    configure_logging(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = build_runtime(settings)
+        publisher = Publisher(runtime.sqs, runtime.sessions)
+        dispatcher = Dispatcher(
+            runtime.sqs,
+            runtime.sessions,
+            after_seconds=settings.dispatch_after_seconds,
+            interval_seconds=settings.dispatch_interval_seconds,
+        )
+        app.state.runtime = runtime
+        app.state.publisher = publisher
+        app.state.dispatcher = dispatcher
+        app.state.jobs = JobService(runtime.sessions, runtime.registry, publisher, settings)
+        publisher.start()
+        if settings.dispatcher:
+            dispatcher.start()
+        try:
+            yield
+        finally:
+            dispatcher.stop()
+            publisher.stop()
+            runtime.close()
+
+    app = FastAPI(
+        title="jobq",
+        version="0.1.0",
+        summary="Asynchronous jobs on PostgreSQL and Amazon SQS",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_payload_bytes)
+    app.include_router(health.router)
+    app.include_router(job_routes.router)
+    return app

@@ -1,0 +1,244 @@
+"""SQS adapter: the only module that talks to boto3; it speaks job ids, not payloads."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from app.config import Settings
+from app.errors import QueueUnavailable
+from app.sqs_limits import MAX_BATCH, MAX_DELAY_SECONDS, MAX_VISIBILITY_TIMEOUT, MAX_WAIT_SECONDS
+
+TRACE_ATTRIBUTE = "trace_id"
+
+
+@contextmanager
+def translate_sqs_errors(action: str) -> Iterator[None]:
+    """Re-raise boto3/botocore failures as QueueUnavailable naming the action."""
+    try:
+        yield
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "ClientError")
+        raise QueueUnavailable(f"SQS {action} failed: {code}") from exc
+    except BotoCoreError as exc:
+        raise QueueUnavailable(f"SQS {action} failed: {exc}") from exc
+
+
+def make_sqs_client(settings: Settings, *, read_timeout: float | None = None) -> Any:
+    """A boto3 SQS client; with an emulator endpoint and no credentials, dummy ones are used."""
+    kwargs: dict[str, Any] = {"region_name": settings.aws_region}
+    if settings.sqs_endpoint_url:
+        kwargs["endpoint_url"] = settings.sqs_endpoint_url
+        if not os.environ.get("AWS_ACCESS_KEY_ID") and not os.environ.get("AWS_PROFILE"):
+            kwargs.update(aws_access_key_id="test", aws_secret_access_key="test")
+    kwargs["config"] = Config(
+        connect_timeout=3,
+        # A long poll holds the connection open for up to WaitTimeSeconds.
+        read_timeout=read_timeout or (MAX_WAIT_SECONDS + 10),
+        retries={"mode": "standard", "max_attempts": 3},
+        max_pool_connections=32,
+    )
+    return boto3.client("sqs", **kwargs)
+
+
+@dataclass(frozen=True)
+class Message:
+    """A received SQS message, decoded."""
+
+    job_id: uuid.UUID | None
+    receipt_handle: str
+    message_id: str
+    receive_count: int
+    trace_id: str | None
+    queue_url: str
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A job id to publish, with optional trace context and delay."""
+
+    job_id: uuid.UUID
+    trace_id: str | None = None
+    delay_seconds: int = 0
+
+
+def encode_body(job_id: uuid.UUID) -> str:
+    """The message body: only the job id, never the payload."""
+    return json.dumps({"job_id": str(job_id)})
+
+
+def decode_job_id(body: str) -> uuid.UUID | None:
+    """The job id in a message body, or None for a message that is not ours."""
+    try:
+        return uuid.UUID(str(json.loads(body)["job_id"]))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _entry(out: Outgoing, index: int) -> dict[str, Any]:
+    entry: dict[str, Any] = {"Id": str(index), "MessageBody": encode_body(out.job_id)}
+    if out.delay_seconds:
+        entry["DelaySeconds"] = max(0, min(int(out.delay_seconds), MAX_DELAY_SECONDS))
+    if out.trace_id:
+        entry["MessageAttributes"] = {
+            TRACE_ATTRIBUTE: {"DataType": "String", "StringValue": out.trace_id}
+        }
+    return entry
+
+
+class SqsQueue:
+    """One SQS queue (and optionally its dead-letter queue) seen through jobq's needs."""
+
+    def __init__(self, client: Any, queue_url: str, dlq_url: str = "") -> None:
+        self.client = client
+        self.url = queue_url
+        self.dlq_url = dlq_url
+
+    def send_batch(self, items: Sequence[Outgoing]) -> list[uuid.UUID]:
+        """Publish with SendMessageBatch in chunks of 10; return the ids SQS confirmed."""
+        confirmed: list[uuid.UUID] = []
+        for start in range(0, len(items), MAX_BATCH):
+            chunk = items[start : start + MAX_BATCH]
+            entries = [_entry(out, i) for i, out in enumerate(chunk)]
+            with translate_sqs_errors("SendMessageBatch"):
+                resp = self.client.send_message_batch(QueueUrl=self.url, Entries=entries)
+            confirmed.extend(chunk[int(ok["Id"])].job_id for ok in resp.get("Successful", []))
+        return confirmed
+
+    def receive(
+        self, max_messages: int, wait_seconds: int, *, queue_url: str | None = None
+    ) -> list[Message]:
+        """Long-poll for up to `max_messages` (never more than 10)."""
+        url = queue_url or self.url
+        with translate_sqs_errors("ReceiveMessage"):
+            resp = self.client.receive_message(
+                QueueUrl=url,
+                MaxNumberOfMessages=max(1, min(max_messages, MAX_BATCH)),
+                WaitTimeSeconds=max(0, min(wait_seconds, MAX_WAIT_SECONDS)),
+                MessageSystemAttributeNames=["ApproximateReceiveCount"],
+                MessageAttributeNames=[TRACE_ATTRIBUTE],
+            )
+        return [_decode(raw, url) for raw in resp.get("Messages", [])]
+
+    def delete(self, message: Message) -> None:
+        """Delete a handled message."""
+        with translate_sqs_errors("DeleteMessage"):
+            self.client.delete_message(
+                QueueUrl=message.queue_url, ReceiptHandle=message.receipt_handle
+            )
+
+    def change_visibility(self, message: Message, seconds: float) -> None:
+        """Hide the message for `seconds` more (0 makes it visible at once)."""
+        with translate_sqs_errors("ChangeMessageVisibility"):
+            self.client.change_message_visibility(
+                QueueUrl=message.queue_url,
+                ReceiptHandle=message.receipt_handle,
+                VisibilityTimeout=clamp_visibility(seconds),
+            )
+
+    def change_visibility_batch(self, messages: Sequence[Message], seconds: float) -> None:
+        """Extend or release several messages of one queue at once (heartbeats, shutdown)."""
+        by_queue: dict[str, list[Message]] = {}
+        for m in messages:
+            by_queue.setdefault(m.queue_url, []).append(m)
+        for url, group in by_queue.items():
+            for start in range(0, len(group), MAX_BATCH):
+                entries = [
+                    {
+                        "Id": str(i),
+                        "ReceiptHandle": m.receipt_handle,
+                        "VisibilityTimeout": clamp_visibility(seconds),
+                    }
+                    for i, m in enumerate(group[start : start + MAX_BATCH])
+                ]
+                with translate_sqs_errors("ChangeMessageVisibilityBatch"):
+                    self.client.change_message_visibility_batch(QueueUrl=url, Entries=entries)
+
+    def attributes(self, queue_url: str | None = None) -> dict[str, str]:
+        """All attributes of the queue (depths, redrive policy, ...)."""
+        with translate_sqs_errors("GetQueueAttributes"):
+            resp = self.client.get_queue_attributes(
+                QueueUrl=queue_url or self.url, AttributeNames=["All"]
+            )
+        return dict(resp.get("Attributes", {}))
+
+    def redrive_policy(self) -> dict[str, Any] | None:
+        """The main queue's RedrivePolicy, or None when it has none."""
+        raw = self.attributes().get("RedrivePolicy")
+        return json.loads(raw) if raw else None
+
+    def resolve_dlq_url(self) -> str:
+        """The dead-letter queue's URL: configured, or found through the RedrivePolicy."""
+        if self.dlq_url:
+            return self.dlq_url
+        policy = self.redrive_policy()
+        if not policy:
+            return ""
+        arn = str(policy["deadLetterTargetArn"])
+        _, _, _, _, account, name = arn.split(":", 5)
+        with translate_sqs_errors("GetQueueUrl"):
+            resp = self.client.get_queue_url(QueueName=name, QueueOwnerAWSAccountId=account)
+        self.dlq_url = str(resp["QueueUrl"])
+        return self.dlq_url
+
+    def ping(self) -> None:
+        """Raise QueueUnavailable unless the queue answers."""
+        with translate_sqs_errors("GetQueueAttributes"):
+            self.client.get_queue_attributes(
+                QueueUrl=self.url, AttributeNames=["ApproximateNumberOfMessages"]
+            )
+
+
+def clamp_visibility(seconds: float) -> int:
+    """A visibility timeout SQS accepts: whole seconds in 0..12 h."""
+    return max(0, min(int(round(seconds)), MAX_VISIBILITY_TIMEOUT))
+
+
+def _decode(raw: dict[str, Any], queue_url: str) -> Message:
+    attrs = raw.get("Attributes", {})
+    trace = raw.get("MessageAttributes", {}).get(TRACE_ATTRIBUTE, {}).get("StringValue")
+    return Message(
+        job_id=decode_job_id(raw.get("Body", "")),
+        receipt_handle=raw["ReceiptHandle"],
+        message_id=raw.get("MessageId", ""),
+        receive_count=int(attrs.get("ApproximateReceiveCount", "1")),
+        trace_id=trace,
+        queue_url=queue_url,
+    )
+
+
+def ensure_queues(
+    client: Any,
+    name: str,
+    dlq_name: str,
+    *,
+    max_receive_count: int,
+    visibility_timeout: int = 30,
+) -> tuple[str, str]:
+    """Create (idempotently) queue `name` and its DLQ with a RedrivePolicy; return both URLs."""
+    with translate_sqs_errors("CreateQueue"):
+        dlq_url = client.create_queue(
+            QueueName=dlq_name, Attributes={"MessageRetentionPeriod": str(14 * 86400)}
+        )["QueueUrl"]
+        dlq_arn = client.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])[
+            "Attributes"
+        ]["QueueArn"]
+        policy = json.dumps(
+            {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(max_receive_count)}
+        )
+        url = client.create_queue(
+            QueueName=name,
+            Attributes={"VisibilityTimeout": str(visibility_timeout), "RedrivePolicy": policy},
+        )["QueueUrl"]
+        # create_queue on an existing queue keeps old attributes on some servers: set them.
+        client.set_queue_attributes(QueueUrl=url, Attributes={"RedrivePolicy": policy})
+    return url, dlq_url

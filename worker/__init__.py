@@ -1,0 +1,1 @@
+"""The jobq worker: consumer, executor and completer around SQS and PostgreSQL."""

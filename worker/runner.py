@@ -1,0 +1,266 @@
+"""The worker process: consumer + executor + completer, heartbeats, DLQ consumer, shutdown."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from types import FrameType
+
+from app.config import Settings
+from app.db import translate_db_errors
+from app.errors import JobqError
+from app.jobs import transitions
+from app.jobs.states import FINAL, JobStatus
+from app.queue import Message
+from app.runtime import Runtime
+from app.tasks.registry import JobContext
+from worker.completer import Completer
+from worker.consumer import Consumer
+from worker.dlq import DeadLetterConsumer
+from worker.executor import Executor, Outcome
+from worker.inflight import Entry, Heartbeat, InFlight
+from worker.retry import Failure
+
+log = logging.getLogger("jobq.worker")
+
+INTERRUPTED = "interrupted: worker shut down before the job finished"
+
+
+def new_worker_id() -> str:
+    """host:pid:random, unique per worker process."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class Worker:
+    """Runs jobs from SQS with at most `worker_concurrency` at once."""
+
+    def __init__(self, runtime: Runtime, *, worker_id: str | None = None) -> None:
+        s: Settings = runtime.settings
+        self.runtime = runtime
+        self.settings = s
+        self.worker_id = worker_id or new_worker_id()
+        self.sqs = runtime.sqs
+        self.inflight = InFlight(s.worker_concurrency)
+        self.pool = ThreadPoolExecutor(s.worker_concurrency, thread_name_prefix="jobq-exec")
+        self.executor = Executor(runtime.registry, s.task_timeout_seconds)
+        self.completer = Completer(
+            runtime.sessions,
+            self.sqs,
+            self.worker_id,
+            backoff_base=s.backoff_base_seconds,
+            backoff_cap=s.backoff_cap_seconds,
+        )
+        self.consumer = Consumer(
+            self.sqs, self.inflight, self._dispatch, wait_seconds=s.sqs_wait_seconds
+        )
+        self.heartbeat = Heartbeat(
+            self.inflight,
+            self.sqs,
+            runtime.sessions,
+            self.worker_id,
+            interval=s.effective_heartbeat_seconds,
+            visibility=s.visibility_timeout_seconds,
+        )
+        self.dlq: DeadLetterConsumer | None = None
+        self.max_receive_count: int | None = None
+        self._stopped = threading.Event()
+
+    # -- start-up -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Check the queue's redrive policy, then start polling, heartbeats and the DLQ consumer."""
+        self._read_redrive_policy()
+        self.heartbeat.start()
+        self.consumer.start()
+        if self.settings.dlq_consumer:
+            dlq_url = self.sqs.resolve_dlq_url()
+            if dlq_url:
+                self.dlq = DeadLetterConsumer(
+                    self.sqs,
+                    self.runtime.sessions,
+                    dlq_url,
+                    wait_seconds=self.settings.sqs_wait_seconds,
+                )
+                self.dlq.start()
+        log.info(
+            "worker started",
+            extra={"worker_id": self.worker_id, "concurrency": self.settings.worker_concurrency},
+        )
+
+    def _read_redrive_policy(self) -> None:
+        policy = self.sqs.redrive_policy()
+        if not policy:
+            log.warning("queue has no RedrivePolicy: exhausted jobs will never reach a DLQ")
+            return
+        self.max_receive_count = int(policy["maxReceiveCount"])
+        if self.max_receive_count != self.settings.max_attempts:
+            log.warning(
+                "JOBQ_MAX_ATTEMPTS=%d but the queue's maxReceiveCount=%d; SQS dead-letters at "
+                "the smaller, so attempts are capped there",
+                self.settings.max_attempts,
+                self.max_receive_count,
+            )
+
+    @property
+    def attempt_cap(self) -> int:
+        """No job gets more attempts than the queue delivers before dead-lettering."""
+        return self.max_receive_count or 10_000
+
+    # -- one message ------------------------------------------------------------------------
+
+    def _dispatch(self, message: Message) -> None:
+        entry = self.inflight.add(message)
+        self.pool.submit(self._handle, entry)
+
+    def _handle(self, entry: Entry) -> None:
+        message = entry.message
+        try:
+            self._process(entry)
+        except JobqError as exc:
+            # DB or SQS trouble before the outcome was recorded: the message will come back.
+            log.warning(
+                "message handling failed; it will be redelivered: %s",
+                exc,
+                extra={"job_id": str(message.job_id)},
+            )
+        except Exception:
+            log.exception("message handling crashed; it will be redelivered")
+        finally:
+            self.inflight.remove(message)
+
+    def _process(self, entry: Entry) -> None:
+        message = entry.message
+        if message.job_id is None:
+            log.warning(
+                "deleting a message that names no job", extra={"message_id": message.message_id}
+            )
+            self.sqs.delete(message)
+            return
+        with translate_db_errors(), self.runtime.sessions.begin() as session:
+            job = transitions.claim(
+                session,
+                message.job_id,
+                self.worker_id,
+                self.settings.visibility_timeout_seconds,
+                self.attempt_cap,
+            )
+        if job is None:
+            self._unclaimed(message, message.job_id)
+            return
+        max_attempts = min(job.max_attempts, self.attempt_cap)
+        ctx = JobContext(job.job_id, job.task, job.attempt, max_attempts)
+        entry.ctx, entry.job = ctx, job
+        extra = {
+            "job_id": str(job.job_id),
+            "task": job.task,
+            "attempt": job.attempt,
+            "trace_id": job.trace_id,
+        }
+        log.info("job started", extra=extra)
+        outcome = self.executor.run(ctx, job.payload, job.timeout_seconds)
+        if self._stopped.is_set() and ctx.cancelled.is_set() and not outcome.ok:
+            outcome = Outcome(failure=Failure(INTERRUPTED, True, "interrupted"))
+        status = self.completer.complete(message, job, outcome, max_attempts)
+        log.info(
+            "job %s",
+            status or "lost",
+            extra={
+                **extra,
+                "status": status,
+                "error": outcome.failure.message if outcome.failure else None,
+            },
+        )
+
+    def _unclaimed(self, message: Message, job_id: uuid.UUID) -> None:
+        """Decide about a delivery we could not claim (duplicate, finished, or exhausted)."""
+        with translate_db_errors(), self.runtime.sessions.begin() as session:
+            current = transitions.view(session, job_id)
+            if current is None or current.status in FINAL:
+                pass  # unknown or finished: the message is a leftover duplicate
+            elif current.status == JobStatus.RUNNING and current.lease_seconds_left > 0:
+                # Another worker holds it under a live lease: leave this copy alone.
+                self.sqs.change_visibility(message, current.lease_seconds_left + 1)
+                return
+            elif current.attempts >= min(current.max_attempts, self.attempt_cap):
+                # Its last attempt died with its worker: fail it; SQS redrive takes the message.
+                transitions.fail_exhausted(
+                    session,
+                    job_id,
+                    f"exhausted {current.attempts} attempt(s); last attempt lost",
+                    dead_letter=False,
+                )
+                self.sqs.change_visibility(message, 0)
+                return
+        self.sqs.delete(message)
+
+    # -- shutdown ---------------------------------------------------------------------------
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop receiving, let running jobs finish within `grace`, then release the rest."""
+        grace = self.settings.shutdown_grace_seconds if grace is None else grace
+        deadline = time.monotonic() + grace
+        self._stopped.set()
+        self.consumer.stop()
+        if self.dlq is not None:
+            self.dlq.stop()
+        log.info("worker stopping; waiting up to %.0f s for running jobs", grace)
+        if not self.inflight.wait_empty(max(0.0, deadline - time.monotonic())):
+            self._interrupt_running()
+        self.consumer.join(max(0.0, deadline - time.monotonic()))
+        self.heartbeat.stop()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        log.info("worker stopped", extra={"worker_id": self.worker_id})
+
+    def _interrupt_running(self) -> None:
+        """Grace is over: cancel handlers, record the interruption, release their messages."""
+        entries = self.inflight.snapshot()
+        for e in entries:
+            if e.ctx is not None:
+                e.ctx.cancelled.set()
+        # Cooperative handlers return promptly once cancelled and are completed normally.
+        if self.inflight.wait_empty(2.0):
+            return
+        leftover = self.inflight.snapshot()
+        interrupted = Outcome(failure=Failure(INTERRUPTED, True, "interrupted"))
+        for e in leftover:
+            if e.job is None:
+                continue
+            try:
+                self.completer.complete(
+                    e.message,
+                    e.job,
+                    interrupted,
+                    min(e.job.max_attempts, self.attempt_cap),
+                    release=True,
+                )
+            except JobqError as exc:
+                log.warning("could not record interruption (lease will expire): %s", exc)
+        try:
+            self.sqs.change_visibility_batch([e.message for e in leftover if e.job is None], 0)
+        except JobqError as exc:
+            log.warning("could not release messages at shutdown: %s", exc)
+        log.warning(
+            "released %d job(s) still running at the end of the grace period", len(leftover)
+        )
+
+    def run_until_signalled(self) -> int:
+        """Start, block until SIGTERM/SIGINT, stop gracefully; return the exit code."""
+        received = threading.Event()
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            log.info("received %s", signal.Signals(signum).name)
+            received.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        self.start()
+        while not received.wait(1.0):
+            pass
+        self.stop()
+        return 0
