@@ -1,0 +1,67 @@
+"""Test helpers: polling with a deadline, settings as environment, worker processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from app.config import Settings
+
+T = TypeVar("T")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_for(
+    check: Callable[[], T], *, timeout: float = 30.0, interval: float = 0.05, what: str = ""
+) -> T:
+    """Poll `check` until it returns something truthy; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what or check}; last={last!r}")
+
+
+def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment that makes a child process see `settings`."""
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=settings.database_url,
+        SQS_QUEUE_URL=settings.sqs_queue_url,
+        SQS_DLQ_URL=settings.sqs_dlq_url,
+        SQS_ENDPOINT_URL=settings.sqs_endpoint_url or "",
+        AWS_REGION=settings.aws_region,
+        JOBQ_MAX_ATTEMPTS=str(settings.max_attempts),
+        JOBQ_SQS_WAIT_SECONDS=str(settings.sqs_wait_seconds),
+        JOBQ_VISIBILITY_TIMEOUT_SECONDS=str(settings.visibility_timeout_seconds),
+        JOBQ_HEARTBEAT_SECONDS=str(settings.effective_heartbeat_seconds),
+        JOBQ_BACKOFF_BASE_SECONDS=str(settings.backoff_base_seconds),
+        JOBQ_BACKOFF_CAP_SECONDS=str(settings.backoff_cap_seconds),
+        JOBQ_WORKER_CONCURRENCY=str(settings.worker_concurrency),
+        JOBQ_SHUTDOWN_GRACE_SECONDS=str(settings.shutdown_grace_seconds),
+        JOBQ_TASK_MODULES=settings.task_modules,
+        JOBQ_LOG_FORMAT="json",
+        PYTHONPATH=str(ROOT),
+    )
+    env.update(extra)
+    return env
+
+
+def start_worker_process(settings: Settings, log_path: Path, **extra: str) -> subprocess.Popen[bytes]:
+    """`jobq worker` in its own process, logging to `log_path`."""
+    log = open(log_path, "ab")  # noqa: SIM115 - closed when the process is reaped
+    return subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "worker"],
+        env=settings_env(settings, **extra),
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
