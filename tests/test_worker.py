@@ -1,0 +1,141 @@
+"""Worker semantics against real PostgreSQL and the SQS server (in-process workers)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from app.queue import Outgoing
+from tests.helpers import wait_for
+
+
+def _job(api: Any, job_id: str) -> dict[str, Any]:
+    return api.get(f"/jobs/{job_id}").json()
+
+
+def _wait_status(api: Any, job_id: str, *statuses: str, timeout: float = 30) -> dict[str, Any]:
+    return wait_for(
+        lambda: (j := _job(api, job_id))["status"] in statuses and j,
+        timeout=timeout,
+        what=f"job {job_id} to reach {statuses}",
+    )
+
+
+def _executions(db: Any, job_id: str) -> list[tuple[int, Any, Any]]:
+    with db.cursor() as cur:
+        cur.execute(
+            "SELECT attempt, started_at, finished_at FROM test_executions WHERE job_id = %s"
+            " ORDER BY id",
+            (job_id,),
+        )
+        return list(cur.fetchall())
+
+
+def _queue_empty(sqs: Any, url: str | None = None) -> bool:
+    attrs = sqs.attributes(url)
+    return (
+        int(attrs["ApproximateNumberOfMessages"]) == 0
+        and int(attrs["ApproximateNumberOfMessagesNotVisible"]) == 0
+        and int(attrs.get("ApproximateNumberOfMessagesDelayed", 0)) == 0
+    )
+
+
+def test_echo_succeeds_and_message_is_deleted(api: Any, worker_factory: Any, runtime: Any) -> None:
+    worker_factory()
+    job = api.post("/jobs", json={"task": "echo", "payload": {"x": 1}}).json()
+    done = _wait_status(api, job["id"], "succeeded")
+    assert done["result"] == {"x": 1} and done["attempts"] == 1 and done["error"] is None
+    assert done["started_at"] and done["finished_at"] >= done["started_at"]
+    wait_for(lambda: _queue_empty(runtime.sqs), what="message deleted")
+    attempts = api.get(f"/jobs/{job['id']}/attempts").json()
+    assert [(a["attempt"], a["outcome"]) for a in attempts] == [(1, "succeeded")]
+
+
+def test_flaky_retries_then_succeeds_with_error_history(api: Any, worker_factory: Any) -> None:
+    worker_factory()
+    job = api.post("/jobs", json={"task": "flaky", "payload": {"failures": 2}}).json()
+    done = _wait_status(api, job["id"], "succeeded", "failed")
+    assert done["status"] == "succeeded" and done["attempts"] == 3
+    assert done["result"] == {"attempt": 3}
+    history = api.get(f"/jobs/{job['id']}/attempts").json()
+    assert [h["outcome"] for h in history] == ["failed", "failed", "succeeded"]
+    assert [h["error"] for h in history[:2]] == ["flaky failure 1 of 2", "flaky failure 2 of 2"]
+    assert all(h["finished_at"] for h in history)
+
+
+def test_fail_ends_failed_and_dead_lettered(api: Any, worker_factory: Any, db: Any, runtime: Any) -> None:
+    worker_factory()
+    job = api.post("/jobs", json={"task": "fail", "payload": {"message": "boom"}}).json()
+    done = _wait_status(api, job["id"], "failed")
+    assert done["attempts"] == 3 and "boom" in done["error"]
+    history = api.get(f"/jobs/{job['id']}/attempts").json()
+    assert [h["outcome"] for h in history] == ["failed"] * 3
+
+    def dead_lettered() -> bool:
+        with db.cursor() as cur:
+            cur.execute("SELECT dead_lettered_at FROM jobs WHERE id = %s", (job["id"],))
+            return cur.fetchone()[0] is not None
+
+    # The redrive policy moved the message to the DLQ; the DLQ consumer settled and deleted it.
+    wait_for(dead_lettered, timeout=30, what="DLQ consumer to settle the job")
+    wait_for(lambda: _queue_empty(runtime.sqs), what="main queue drained")
+    wait_for(lambda: _queue_empty(runtime.sqs, runtime.sqs.dlq_url), what="DLQ drained")
+    assert _job(api, job["id"])["status"] == "failed"
+
+
+def test_permanent_error_fails_at_once(api: Any, worker_factory: Any, runtime: Any) -> None:
+    worker_factory()
+    job = api.post("/jobs", json={"task": "permanent"}).json()
+    done = _wait_status(api, job["id"], "failed")
+    assert done["attempts"] == 1 and "can never work" in done["error"]
+    wait_for(lambda: _queue_empty(runtime.sqs), what="message deleted")
+
+
+def test_timeout_is_a_retryable_failure(api: Any, worker_factory: Any) -> None:
+    worker_factory()
+    job = api.post("/jobs", json={"task": "hang"}).json()
+    done = _wait_status(api, job["id"], "failed", timeout=60)
+    history = api.get(f"/jobs/{job['id']}/attempts").json()
+    assert [h["outcome"] for h in history] == ["timed_out"] * 3
+    assert "timed out after 1 s" in done["error"]
+
+
+def test_duplicate_delivery_runs_handler_once(
+    api: Any, worker_factory: Any, runtime: Any, db: Any
+) -> None:
+    job = api.post("/jobs", json={"task": "record", "payload": {"sleep": 0.5}}).json()
+    job_id = uuid.UUID(job["id"])
+    # Two more copies of the same job id on the queue, before any worker runs.
+    runtime.sqs.send_batch([Outgoing(job_id), Outgoing(job_id)])
+    worker_factory()
+    worker_factory()
+    _wait_status(api, job["id"], "succeeded")
+    wait_for(lambda: _queue_empty(runtime.sqs), timeout=40, what="duplicates drained")
+    assert len(_executions(db, job["id"])) == 1
+    assert _job(api, job["id"])["attempts"] == 1
+
+
+def test_message_for_unknown_job_is_deleted(worker_factory: Any, runtime: Any) -> None:
+    runtime.sqs.send_batch([Outgoing(uuid.uuid4())])
+    runtime.sqs.client.send_message(QueueUrl=runtime.sqs.url, MessageBody="not json")
+    worker_factory()
+    wait_for(lambda: _queue_empty(runtime.sqs), what="foreign messages deleted")
+
+
+def test_many_jobs_over_two_workers_each_run_once(
+    api: Any, worker_factory: Any, db: Any, settings: Any
+) -> None:
+    worker_factory()
+    worker_factory()
+    ids = [api.post("/jobs", json={"task": "record"}).json()["id"] for _ in range(60)]
+
+    def all_done() -> bool:
+        with db.cursor() as cur:
+            cur.execute("SELECT count(*) FROM jobs WHERE status = 'succeeded'")
+            return cur.fetchone()[0] == len(ids)
+
+    wait_for(all_done, timeout=90, what="all jobs to succeed")
+    with db.cursor() as cur:
+        cur.execute("SELECT job_id, count(*) FROM test_executions GROUP BY job_id")
+        counts = dict(cur.fetchall())
+    assert len(counts) == len(ids) and set(counts.values()) == {1}
