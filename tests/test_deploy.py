@@ -230,7 +230,7 @@ def checkov_reports() -> dict[str, dict[str, Any]]:
     )
     env.pop("BC_API_KEY", None)
     targets = [TEMPLATE, *DOCKERFILES.values()]
-    cmd = [sys.executable, "-m", "checkov.main", "--quiet", "--compact", "--skip-download"]
+    cmd = [sys.executable, "-m", "checkov.main", "--compact", "--skip-download"]
     cmd += ["--framework", "cloudformation", "dockerfile", "--output", "json"]
     for target in targets:
         cmd += ["--file", str(target.relative_to(ROOT))]
@@ -690,10 +690,14 @@ def test_sqs_redrive_deploys_in_moto(template: dict[str, Any], monkeypatch: pyte
         assert "RedrivePolicy" not in dlq_attributes["Attributes"]
 
         # And the policy works: a message received 5 times without deletion lands in the DLQ.
+        # (WaitTimeSeconds=0: the queues long-poll 20 s by default.)
+        def receive(queue: str) -> list[dict[str, Any]]:
+            got = sqs.receive_message(QueueUrl=urls[queue], VisibilityTimeout=0, WaitTimeSeconds=0)
+            return got.get("Messages", [])
+
         sqs.send_message(QueueUrl=urls["DefaultQueue"], MessageBody='{"job_id": "x"}')
         for _ in range(5):
-            got = sqs.receive_message(QueueUrl=urls["DefaultQueue"], VisibilityTimeout=0)
-            assert len(got.get("Messages", [])) == 1
-        assert not sqs.receive_message(QueueUrl=urls["DefaultQueue"], VisibilityTimeout=0).get("Messages")
-        dead = sqs.receive_message(QueueUrl=urls["DeadLetterQueue"]).get("Messages", [])
+            assert len(receive("DefaultQueue")) == 1
+        assert receive("DefaultQueue") == []
+        dead = receive("DeadLetterQueue")
         assert [m["Body"] for m in dead] == ['{"job_id": "x"}']

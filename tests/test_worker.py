@@ -139,3 +139,44 @@ def test_many_jobs_over_two_workers_each_run_once(
         cur.execute("SELECT job_id, count(*) FROM test_executions GROUP BY job_id")
         counts = dict(cur.fetchall())
     assert len(counts) == len(ids) and set(counts.values()) == {1}
+
+
+def test_worker_survives_sqs_outage(db: Any, database_url: str, worker_factory: Any) -> None:
+    from fastapi.testclient import TestClient
+
+    from app.devstack import SqsServer
+    from app.main import create_app
+    from tests.conftest import make_settings
+
+    server = SqsServer().start()
+    try:
+        settings = make_settings(database_url, server.endpoint, dispatch_after_seconds=0.5)
+        worker = worker_factory(settings)
+        with TestClient(create_app(settings)) as api:
+            first = api.post("/jobs", json={"task": "echo"}).json()
+            _wait_status(api, first["id"], "succeeded")
+            server.stop()
+            during = api.post("/jobs", json={"task": "echo"}).json()
+            assert during["status"] == "queued"
+            server = SqsServer(port=server.port).start()
+            _wait_status(api, during["id"], "succeeded", timeout=60)
+        assert worker.consumer._thread is not None and worker.consumer._thread.is_alive()
+    finally:
+        server.stop()
+
+
+def test_worker_survives_database_connections_being_killed(
+    api: Any, worker_factory: Any, db: Any
+) -> None:
+    worker_factory()
+    first = api.post("/jobs", json={"task": "echo"}).json()
+    _wait_status(api, first["id"], "succeeded")
+    with db.cursor() as cur:
+        cur.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name = 'jobq' AND pid <> pg_backend_pid()"
+        )
+        assert cur.rowcount >= 1
+    ids = [api.post("/jobs", json={"task": "echo"}).json()["id"] for _ in range(3)]
+    for job_id in ids:
+        _wait_status(api, job_id, "succeeded")
