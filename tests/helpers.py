@@ -55,7 +55,9 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
     return env
 
 
-def start_worker_process(settings: Settings, log_path: Path, **extra: str) -> subprocess.Popen[bytes]:
+def start_worker_process(
+    settings: Settings, log_path: Path, **extra: str
+) -> subprocess.Popen[bytes]:
     """`jobq worker` in its own process, logging to `log_path`."""
     log = open(log_path, "ab")  # noqa: SIM115 - closed when the process is reaped
     return subprocess.Popen(

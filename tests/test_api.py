@@ -11,8 +11,18 @@ import pytest
 from tests.helpers import wait_for
 
 JOB_FIELDS = {
-    "id", "task", "status", "payload", "result", "error", "attempts", "max_attempts",
-    "created_at", "updated_at", "started_at", "finished_at",
+    "id",
+    "task",
+    "status",
+    "payload",
+    "result",
+    "error",
+    "attempts",
+    "max_attempts",
+    "created_at",
+    "updated_at",
+    "started_at",
+    "finished_at",
 }
 
 
@@ -37,8 +47,9 @@ def test_submit_returns_queued_job_and_publishes_its_id_only(api: Any, runtime: 
 def test_message_body_is_only_the_job_id(api: Any, runtime: Any) -> None:
     job = api.post("/jobs", json={"task": "echo", "payload": {"secret": "x" * 50}}).json()
     raw = wait_for(
-        lambda: runtime.sqs.client.receive_message(QueueUrl=runtime.sqs.url, WaitTimeSeconds=1)
-        .get("Messages"),
+        lambda: runtime.sqs.client.receive_message(QueueUrl=runtime.sqs.url, WaitTimeSeconds=1).get(
+            "Messages"
+        ),
         what="message",
     )
     assert json.loads(raw[0]["Body"]) == {"job_id": job["id"]}
@@ -112,7 +123,9 @@ def test_body_over_limit_without_content_length_is_413(api: Any, settings: Any) 
 
 
 def test_list_newest_first_filters_and_paginates(api: Any) -> None:
-    ids = [api.post("/jobs", json={"task": "echo", "payload": {"i": i}}).json()["id"] for i in range(5)]
+    ids = [
+        api.post("/jobs", json={"task": "echo", "payload": {"i": i}}).json()["id"] for i in range(5)
+    ]
     api.post("/jobs", json={"task": "sleep", "payload": {"seconds": 0}})
     page = api.get("/jobs", params={"task": "echo", "limit": 2}).json()
     assert [j["id"] for j in page["items"]] == ids[::-1][:2]
@@ -160,3 +173,28 @@ def test_health_readiness_and_docs(api: Any) -> None:
 def test_unknown_route_is_json_404(api: Any) -> None:
     resp = api.get("/nope")
     assert resp.status_code == 404 and _error(resp)["code"] == "not_found"
+
+
+def test_unreachable_dependencies_give_503_not_500(settings: Any) -> None:
+    from fastapi.testclient import TestClient
+
+    from app.devstack import SqsServer
+    from app.main import create_app
+
+    dead_port = SqsServer().start()
+    dead_port.stop()  # a port nothing listens on any more
+    broken = settings.model_copy(
+        update={
+            "sqs_endpoint_url": dead_port.endpoint,
+            "database_url": "postgresql://nobody@127.0.0.1:1/none",
+            "dispatcher": False,
+        }
+    )
+    with TestClient(create_app(broken)) as client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        assert set(ready.json()["checks"]) == {"database", "sqs"}
+        assert "ok" not in ready.json()["checks"].values()
+        submit = client.post("/jobs", json={"task": "echo"})
+        assert submit.status_code == 503 and _error(submit)["code"] == "database_unavailable"
+        assert submit.headers["retry-after"]

@@ -21,7 +21,9 @@ def test_upgrade_head_on_empty_database_matches_models(server_url: str) -> None:
         with engine.connect() as conn:
             diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
             assert diff == [], f"models and migrations disagree: {diff}"
-            assert {"jobs", "job_attempts", "alembic_version"} <= set(inspect(conn).get_table_names())
+            assert {"jobs", "job_attempts", "alembic_version"} <= set(
+                inspect(conn).get_table_names()
+            )
         command.check(alembic_config(url))  # alembic's own "no pending changes" check
         command.downgrade(alembic_config(url), "base")
         with engine.connect() as conn:

@@ -27,7 +27,9 @@ def test_jobs_accepted_while_sqs_is_down_are_delivered_when_it_returns(
     try:
         settings = make_settings(database_url, server.endpoint, dispatch_after_seconds=0.5)
         with TestClient(create_app(settings)) as api:
-            before = [api.post("/jobs", json={"task": "echo", "payload": {"i": i}}) for i in range(3)]
+            before = [
+                api.post("/jobs", json={"task": "echo", "payload": {"i": i}}) for i in range(3)
+            ]
             server.stop()
             during = [
                 api.post("/jobs", json={"task": "echo", "payload": {"i": i}}) for i in range(3, 15)
@@ -80,7 +82,9 @@ def test_concurrent_dispatchers_do_not_double_publish(db: Any, settings: Any, ru
         )
     sent: list[int] = []
     dispatchers = [
-        Dispatcher(runtime.sqs, runtime.sessions, after_seconds=1, interval_seconds=1, batch_size=10)
+        Dispatcher(
+            runtime.sqs, runtime.sessions, after_seconds=1, interval_seconds=1, batch_size=10
+        )
         for _ in range(3)
     ]
 

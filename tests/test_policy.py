@@ -53,7 +53,7 @@ def test_transition_table() -> None:
     assert not can_transition(JobStatus.QUEUED, JobStatus.SUCCEEDED)
     # No transition leaves succeeded: a finished job is never run again by accident.
     assert all(JobStatus.SUCCEEDED not in sources for sources in TRANSITIONS.values())
-    assert FINAL == {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}
+    assert {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED} == FINAL
 
 
 def test_visibility_and_body_decoding() -> None:

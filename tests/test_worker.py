@@ -63,7 +63,9 @@ def test_flaky_retries_then_succeeds_with_error_history(api: Any, worker_factory
     assert all(h["finished_at"] for h in history)
 
 
-def test_fail_ends_failed_and_dead_lettered(api: Any, worker_factory: Any, db: Any, runtime: Any) -> None:
+def test_fail_ends_failed_and_dead_lettered(
+    api: Any, worker_factory: Any, db: Any, runtime: Any
+) -> None:
     worker_factory()
     job = api.post("/jobs", json={"task": "fail", "payload": {"message": "boom"}}).json()
     done = _wait_status(api, job["id"], "failed")
