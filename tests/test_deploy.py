@@ -1,7 +1,7 @@
 """Keep the deployment files honest without Docker, AWS or a network.
 
-Covers Dockerfile.api / Dockerfile.worker / .dockerignore, docker-compose.yml (+ infra/elasticmq.conf)
-and the CloudFormation template infra/jobq.yaml:
+Covers Dockerfile.api, Dockerfile.worker, .dockerignore, docker-compose.yml (with
+infra/elasticmq.conf) and the CloudFormation template infra/jobq.yaml:
 
 * cfn-lint passes on the template;
 * checkov passes on the template and the Dockerfiles, and every suppression carries a reason;
@@ -18,12 +18,12 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import importlib
+import importlib.util
 import json
 import os
 import re
 import shlex
 import subprocess
-import sys
 import tomllib
 from collections.abc import Iterator
 from importlib.resources import files
@@ -60,8 +60,10 @@ def _construct_intrinsic(loader: _CfnLoader, suffix: str, node: yaml.Node) -> di
         value = loader.construct_scalar(node)
     elif isinstance(node, yaml.SequenceNode):
         value = loader.construct_sequence(node, deep=True)
-    else:
+    elif isinstance(node, yaml.MappingNode):
         value = loader.construct_mapping(node, deep=True)
+    else:
+        raise yaml.constructor.ConstructorError(None, None, f"unexpected node {node!r}")
     if suffix == "Ref":
         return {"Ref": value}
     if suffix == "Condition":
@@ -72,6 +74,14 @@ def _construct_intrinsic(loader: _CfnLoader, suffix: str, node: yaml.Node) -> di
 
 
 _CfnLoader.add_multi_constructor("!", _construct_intrinsic)
+
+
+def _require(module: str) -> None:
+    """Fail (never skip) when a dev tool these checks need is missing."""
+    if importlib.util.find_spec(module) is None:
+        pytest.fail(
+            f"{module} is not installed here; install the dev extra: pip install -e '.[dev]'"
+        )
 
 
 def load_template() -> dict[str, Any]:
@@ -171,7 +181,7 @@ def deployed_commands() -> list[tuple[str, list[str]]]:
         for key in ("entrypoint", "command"):
             if key in service:
                 found.append((f"docker-compose.yml services.{name}.{key}", as_argv(service[key])))
-    for name, path in DOCKERFILES.items():
+    for path in DOCKERFILES.values():
         for keyword, args in stages(parse_dockerfile(path))[-1]:
             if keyword in ("CMD", "ENTRYPOINT"):
                 argv = exec_form(args)
@@ -221,7 +231,14 @@ def compose() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def checkov_reports() -> dict[str, dict[str, Any]]:
-    """One checkov run per session over the template and both Dockerfiles (offline)."""
+    """One checkov run per session over the template and both Dockerfiles (offline).
+
+    checkov pins old boto3/packaging, so `make test` installs it in its own venv
+    (.venv-tools); CHECKOV may name another executable.
+    """
+    checkov = os.environ.get("CHECKOV") or str(ROOT / ".venv-tools" / "bin" / "checkov")
+    if not Path(checkov).exists():
+        pytest.fail(f"checkov not found at {checkov}; run `make test` (it installs it)")
     env = dict(os.environ)
     env.update(
         CKV_SKIP_PACKAGE_UPDATE_CHECK="true",  # no PyPI version check
@@ -230,15 +247,13 @@ def checkov_reports() -> dict[str, dict[str, Any]]:
     )
     env.pop("BC_API_KEY", None)
     targets = [TEMPLATE, *DOCKERFILES.values()]
-    cmd = [sys.executable, "-m", "checkov.main", "--compact", "--skip-download"]
+    cmd = [checkov, "--compact", "--skip-download"]
     cmd += ["--framework", "cloudformation", "dockerfile", "--output", "json"]
     for target in targets:
         cmd += ["--file", str(target.relative_to(ROOT))]
     proc = subprocess.run(  # noqa: S603 - fixed argv, our own interpreter
         cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False
     )
-    if "No module named checkov" in proc.stderr:
-        pytest.fail("checkov is not installed in this environment: pip install -e '.[dev]'")
     try:
         data = json.loads(proc.stdout)
     except json.JSONDecodeError:
@@ -251,6 +266,7 @@ def checkov_reports() -> dict[str, dict[str, Any]]:
 
 
 def test_cfn_lint_passes() -> None:
+    _require("cfnlint")
     from cfnlint.api import ManualArgs, lint_file
 
     matches = lint_file(
@@ -294,7 +310,9 @@ def test_every_checkov_suppression_is_justified_and_used(
     for path in DOCKERFILES.values():
         for match in re.finditer(r"checkov:skip=([A-Z0-9_]+)(?::(.*))?", path.read_text()):
             reason = (match.group(2) or "").strip()
-            assert len(reason) >= MIN_REASON_CHARS, f"{path.name}: skip {match.group(1)} lacks a reason"
+            assert len(reason) >= MIN_REASON_CHARS, (
+                f"{path.name}: skip {match.group(1)} lacks a reason"
+            )
 
     skipped = checkov_reports["cloudformation"]["results"]["skipped_checks"]
     applied = {(c["resource"].split(".", 1)[1], c["check_id"]) for c in skipped}
@@ -303,13 +321,17 @@ def test_every_checkov_suppression_is_justified_and_used(
         assert comment, f"{c['check_id']} on {c['resource']} is suppressed without a reason"
     stale = set(declared) - applied
     assert not stale, f"suppressions for checks that no longer fire (remove them): {sorted(stale)}"
-    assert applied <= set(declared), f"suppressed outside the template metadata: {applied - set(declared)}"
+    assert applied <= set(declared), (
+        f"suppressed outside the template metadata: {applied - set(declared)}"
+    )
 
 
 # --------------------------------------------------------------------------- 3. compose
 
 
 def test_compose_validates_against_compose_spec(compose: dict[str, Any]) -> None:
+    _require("jsonschema")
+    _require("check_jsonschema")
     import jsonschema
 
     # The Compose Specification schema as vendored (with its licence) by check-jsonschema.
@@ -353,9 +375,11 @@ def test_compose_services_and_start_order(compose: dict[str, Any]) -> None:
             if spec.get("condition") == "service_healthy" and "build" not in services[dep]:
                 assert services[dep].get("healthcheck"), f"{name} waits for {dep}'s healthcheck"
 
-    for name, service in services.items():
+    for service in services.values():
         if "build" in service:
-            assert (ROOT / service["build"].get("context", ".") / service["build"]["dockerfile"]).is_file()
+            assert (
+                ROOT / service["build"].get("context", ".") / service["build"]["dockerfile"]
+            ).is_file()
 
 
 def _seconds(duration: str) -> float:
@@ -372,7 +396,9 @@ def test_compose_worker_is_scalable_and_drains(compose: dict[str, Any]) -> None:
     assert not worker.get("ports"), "fixed host ports prevent --scale worker=N"
     grace = float(worker["environment"]["JOBQ_SHUTDOWN_GRACE_SECONDS"])
     assert _seconds(worker["stop_grace_period"]) == 30
-    assert grace < _seconds(worker["stop_grace_period"]), "SIGKILL would cut the worker's drain short"
+    assert grace < _seconds(worker["stop_grace_period"]), (
+        "SIGKILL would cut the worker's drain short"
+    )
 
 
 def test_compose_queues_exist_in_elasticmq_with_redrive(compose: dict[str, Any]) -> None:
@@ -425,7 +451,9 @@ def test_deployed_subcommands_exist_in_build_parser() -> None:
     used = deployed_subcommands()
     missing = {sub: sorted(where) for sub, where in used.items() if sub not in real}
     assert not missing, f"deployment files run subcommands app.cli does not have: {missing}"
-    assert KNOWN_SUBCOMMANDS <= real, f"KNOWN_SUBCOMMANDS drifted from app.cli: {KNOWN_SUBCOMMANDS - real}"
+    assert real >= KNOWN_SUBCOMMANDS, (
+        f"KNOWN_SUBCOMMANDS drifted from app.cli: {KNOWN_SUBCOMMANDS - real}"
+    )
 
 
 def test_pyproject_packages_what_the_images_run() -> None:
@@ -442,7 +470,9 @@ def test_pyproject_packages_what_the_images_run() -> None:
         shipped = lambda name: any(fnmatch.fnmatch(name, pat) for pat in include)  # noqa: E731
     for package in ("app", "worker", "migrations", "migrations.versions"):
         if (ROOT / package.replace(".", "/")).is_dir():
-            assert shipped(package), f"pyproject.toml does not package {package!r}, but the images need it"
+            assert shipped(package), (
+                f"pyproject.toml does not package {package!r}, but the images need it"
+            )
 
 
 # --------------------------------------------------------------------------- 4. Dockerfiles
@@ -468,18 +498,29 @@ def test_dockerfile_is_multistage_slim_nonroot_exec_form(kind: str) -> None:
 
     for keyword, args in final:
         if keyword in ("CMD", "ENTRYPOINT"):
-            assert exec_form(args), f"{path.name}: {keyword} {args} is shell form (SIGTERM would hit sh)"
+            assert exec_form(args), (
+                f"{path.name}: {keyword} {args} is shell form (SIGTERM would hit sh)"
+            )
     cmds = [exec_form(args) for keyword, args in final if keyword == "CMD"]
     assert cmds and cmds[-1] == ["jobq", kind]
 
     copies_from_builder = [a for k, a in final if k == "COPY" and a.startswith("--from=")]
     assert copies_from_builder, f"{path.name}: final stage must copy the install from the builder"
     runs = " ".join(args for keyword, args in final if keyword == "RUN")
-    for tool in ("apt-get install", "apk add", "gcc", "build-essential", "pip install", "pip wheel"):
+    for tool in (
+        "apt-get install",
+        "apk add",
+        "gcc",
+        "build-essential",
+        "pip install",
+        "pip wheel",
+    ):
         assert tool not in runs, f"{path.name}: final stage must not install build tools ({tool})"
 
     builder_runs = " ".join(a for k, a in all_stages[0] if k == "RUN")
-    assert re.search(r"pip install (--prefix|.*--prefix)", builder_runs), "builder installs with --prefix"
+    assert re.search(r"pip install (--prefix|.*--prefix)", builder_runs), (
+        "builder installs with --prefix"
+    )
 
 
 def test_api_dockerfile_healthcheck_and_port() -> None:
@@ -537,6 +578,11 @@ def test_template_wiring(template: dict[str, Any]) -> None:
         for var in ("SQS_QUEUE_URL", "SQS_HIGH_QUEUE_URL", "SQS_LOW_QUEUE_URL", "SQS_DLQ_URL"):
             assert var in {e["Name"] for e in container["Environment"]}, f"{td}: {var}"
 
+    migrate = resources["MigrateTaskDefinition"]["Properties"]
+    assert "TaskRoleArn" not in migrate, "the migration task needs no AWS API access"
+    assert migrate["ContainerDefinitions"][0]["Command"] == ["jobq", "migrate"]
+    assert [s["Name"] for s in migrate["ContainerDefinitions"][0]["Secrets"]] == ["DATABASE_URL"]
+
     tg = resources["ApiTargetGroup"]["Properties"]
     assert tg["HealthCheckPath"] == "/readyz" and tg["Port"] == 8000
 
@@ -550,7 +596,9 @@ def test_template_wiring(template: dict[str, Any]) -> None:
     assert target["MaxCapacity"] == {"Ref": "WorkerMaxCount"}
     policy = resources["WorkerBacklogPerTaskPolicy"]["Properties"]
     assert policy["PolicyType"] == "TargetTrackingScaling"
-    metrics = policy["TargetTrackingScalingPolicyConfiguration"]["CustomizedMetricSpecification"]["Metrics"]
+    metrics = policy["TargetTrackingScalingPolicyConfiguration"]["CustomizedMetricSpecification"][
+        "Metrics"
+    ]
     by_name: dict[str, list[dict[str, Any]]] = {}
     for m in metrics:
         if "MetricStat" in m:
@@ -560,7 +608,10 @@ def test_template_wiring(template: dict[str, Any]) -> None:
         for m in by_name["ApproximateNumberOfMessagesVisible"]
     }
     assert visible_queues == set(MAIN_QUEUES)
-    assert by_name["RunningTaskCount"][0]["MetricStat"]["Metric"]["Namespace"] == "ECS/ContainerInsights"
+    assert (
+        by_name["RunningTaskCount"][0]["MetricStat"]["Metric"]["Namespace"]
+        == "ECS/ContainerInsights"
+    )
     (expression,) = [m for m in metrics if "Expression" in m]
     assert expression["ReturnData"] is True and "/" in expression["Expression"]
     assert sum(1 for m in metrics if m.get("ReturnData", True)) == 1
@@ -570,7 +621,11 @@ def test_template_wiring(template: dict[str, Any]) -> None:
 
     alarm_metrics = {
         r["Properties"].get("MetricName")
-        or next(m["MetricStat"]["Metric"]["MetricName"] for m in r["Properties"]["Metrics"] if "MetricStat" in m)
+        or next(
+            m["MetricStat"]["Metric"]["MetricName"]
+            for m in r["Properties"]["Metrics"]
+            if "MetricStat" in m
+        )
         for r in resources.values()
         if r["Type"] == "AWS::CloudWatch::Alarm"
     }
@@ -632,10 +687,16 @@ def test_security_groups(template: dict[str, Any]) -> None:
     alb = resources["LoadBalancerSecurityGroup"]["Properties"]
     assert sorted(r["FromPort"] for r in alb["SecurityGroupIngress"]) == [80, 443]
     task = resources["TaskSecurityGroup"]["Properties"]
-    assert not task.get("SecurityGroupIngress"), "tasks accept traffic only via TaskIngressFromLoadBalancer"
-    ingress = [r["Properties"] for r in resources.values() if r["Type"] == "AWS::EC2::SecurityGroupIngress"]
+    assert not task.get("SecurityGroupIngress"), (
+        "tasks accept traffic only via TaskIngressFromLoadBalancer"
+    )
+    ingress = [
+        r["Properties"] for r in resources.values() if r["Type"] == "AWS::EC2::SecurityGroupIngress"
+    ]
     into_tasks = [r for r in ingress if r["GroupId"] == {"Ref": "TaskSecurityGroup"}]
-    assert into_tasks and all(r["SourceSecurityGroupId"] == {"Ref": "LoadBalancerSecurityGroup"} for r in into_tasks)
+    assert into_tasks and all(
+        r["SourceSecurityGroupId"] == {"Ref": "LoadBalancerSecurityGroup"} for r in into_tasks
+    )
 
 
 # --------------------------------------------------------------------------- 5. moto
@@ -649,11 +710,19 @@ def sqs_only_template(template: dict[str, Any]) -> dict[str, Any]:
     return {"AWSTemplateFormatVersion": "2010-09-09", "Parameters": params, "Resources": queues}
 
 
-def test_sqs_redrive_deploys_in_moto(template: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sqs_redrive_deploys_in_moto(
+    template: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _require("moto")
     import boto3
     from moto import mock_aws
 
-    for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL_CLOUDFORMATION", "AWS_PROFILE"):
+    for var in (
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_SQS",
+        "AWS_ENDPOINT_URL_CLOUDFORMATION",
+        "AWS_PROFILE",
+    ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
@@ -677,16 +746,20 @@ def test_sqs_redrive_deploys_in_moto(template: dict[str, Any], monkeypatch: pyte
             for r in cfn.list_stack_resources(StackName="jobq-sqs")["StackResourceSummaries"]
         }
         sqs = boto3.client("sqs", region_name="us-east-1")
-        dlq_arn = sqs.get_queue_attributes(QueueUrl=urls["DeadLetterQueue"], AttributeNames=["QueueArn"])[
-            "Attributes"
-        ]["QueueArn"]
+        dlq_arn = sqs.get_queue_attributes(
+            QueueUrl=urls["DeadLetterQueue"], AttributeNames=["QueueArn"]
+        )["Attributes"]["QueueArn"]
         assert urls["DefaultQueue"].endswith("/jobq-default")
         for queue in MAIN_QUEUES:
-            attributes = sqs.get_queue_attributes(QueueUrl=urls[queue], AttributeNames=["All"])["Attributes"]
+            attributes = sqs.get_queue_attributes(QueueUrl=urls[queue], AttributeNames=["All"])[
+                "Attributes"
+            ]
             redrive = json.loads(attributes["RedrivePolicy"])
             assert redrive["deadLetterTargetArn"] == dlq_arn, queue
             assert int(redrive["maxReceiveCount"]) == 5, queue
-        dlq_attributes = sqs.get_queue_attributes(QueueUrl=urls["DeadLetterQueue"], AttributeNames=["All"])
+        dlq_attributes = sqs.get_queue_attributes(
+            QueueUrl=urls["DeadLetterQueue"], AttributeNames=["All"]
+        )
         assert "RedrivePolicy" not in dlq_attributes["Attributes"]
 
         # And the policy works: a message received 5 times without deletion lands in the DLQ.
