@@ -77,6 +77,7 @@ def cmd_dispatcher(settings: Settings, args: argparse.Namespace) -> int:
         runtime.sessions,
         after_seconds=settings.dispatch_after_seconds,
         interval_seconds=settings.dispatch_interval_seconds,
+        retention_days=settings.retention_days,
     )
     return _run_loop(dispatcher.start, dispatcher.stop)
 

@@ -19,6 +19,9 @@ class Settings(BaseSettings):
     database_url: str = Field("", validation_alias=AliasChoices("DATABASE_URL"))
     sqs_queue_url: str = Field("", validation_alias=AliasChoices("SQS_QUEUE_URL"))
     sqs_dlq_url: str = Field("", validation_alias=AliasChoices("SQS_DLQ_URL"))
+    # Optional priority queues; without them every priority shares SQS_QUEUE_URL.
+    sqs_high_queue_url: str = Field("", validation_alias=AliasChoices("SQS_HIGH_QUEUE_URL"))
+    sqs_low_queue_url: str = Field("", validation_alias=AliasChoices("SQS_LOW_QUEUE_URL"))
     sqs_endpoint_url: str | None = Field(None, validation_alias=AliasChoices("SQS_ENDPOINT_URL"))
     aws_region: str = Field(
         "us-east-1", validation_alias=AliasChoices("AWS_REGION", "AWS_DEFAULT_REGION")
@@ -31,6 +34,11 @@ class Settings(BaseSettings):
     max_payload_bytes: int = Field(256 * 1024, ge=1024)
     task_modules: str = ""
     task_timeout_seconds: float = Field(15 * 60, gt=0)
+    idempotency_ttl: int = Field(24 * 3600, ge=60)  # seconds a key keeps answering
+    retention_days: float = Field(14, gt=0)
+    batch_max_jobs: int = Field(500, ge=1, le=5000)
+    # Weighted polling of the priority queues: high, default, low.
+    priority_weights: str = "6,3,1"
 
     # Worker.
     worker_concurrency: int = Field(4, ge=1, le=256)
@@ -63,6 +71,32 @@ class Settings(BaseSettings):
     def effective_heartbeat_seconds(self) -> float:
         """Heartbeat often enough that two missed beats still leave the message invisible."""
         return self.heartbeat_seconds or max(1.0, self.visibility_timeout_seconds / 3)
+
+    @property
+    def queue_urls(self) -> dict[str, str]:
+        """priority -> queue URL (falls back to the default queue)."""
+        return {
+            "high": self.sqs_high_queue_url or self.sqs_queue_url,
+            "default": self.sqs_queue_url,
+            "low": self.sqs_low_queue_url or self.sqs_queue_url,
+        }
+
+    @property
+    def weights(self) -> tuple[int, int, int]:
+        """Polling weights for high, default and low."""
+        high, default, low = (int(p) for p in self.priority_weights.split(","))
+        return high, default, low
+
+    @field_validator("priority_weights")
+    @classmethod
+    def _three_weights(cls, value: str) -> str:
+        try:
+            parts = [int(p) for p in value.split(",")]
+        except ValueError:
+            parts = []
+        if len(parts) != 3 or any(p < 0 for p in parts) or not any(parts):
+            raise ValueError("must be three non-negative integers, e.g. 6,3,1")
+        return value
 
     @property
     def task_module_list(self) -> list[str]:

@@ -32,6 +32,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             runtime.sessions,
             after_seconds=settings.dispatch_after_seconds,
             interval_seconds=settings.dispatch_interval_seconds,
+            retention_days=settings.retention_days,
         )
         app.state.runtime = runtime
         app.state.publisher = publisher

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Callable
+import time
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -82,7 +82,7 @@ class Publisher:
 
 
 class Dispatcher:
-    """Loop that re-publishes queued jobs whose publish was never confirmed."""
+    """Loop that publishes due scheduled jobs, re-publishes unconfirmed ones, prunes old ones."""
 
     def __init__(
         self,
@@ -92,18 +92,22 @@ class Dispatcher:
         after_seconds: float,
         interval_seconds: float,
         batch_size: int = 100,
+        retention_days: float | None = None,
+        prune_every_seconds: float = 60.0,
     ) -> None:
         self._sqs = sqs
         self._sessions = sessions
         self._after = after_seconds
         self._interval = interval_seconds
         self._batch = batch_size
+        self._retention_days = retention_days
+        self._prune_every = prune_every_seconds
+        self._next_prune = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.on_error: Callable[[Exception], None] | None = None
 
     def run_once(self) -> int:
-        """Publish one batch of overdue jobs; return how many SQS confirmed."""
+        """Publish one batch of overdue unconfirmed jobs; return how many SQS confirmed."""
         with translate_db_errors(), self._sessions.begin() as session:
             rows = store.claim_unpublished(
                 session, older_than_seconds=self._after, limit=self._batch
@@ -111,21 +115,56 @@ class Dispatcher:
             if not rows:
                 return 0
             # Rows stay locked while we send, so a second dispatcher skips them.
-            confirmed = self._sqs.send_batch([Outgoing(job_id, trace) for job_id, trace in rows])
+            confirmed = self._sqs.send_batch(rows)
             store.mark_published(session, confirmed)
         if confirmed:
             log.info("dispatcher re-published %d job(s)", len(confirmed))
         return len(confirmed)
+
+    def promote_scheduled(self) -> int:
+        """Send scheduled jobs due within SQS's delay window; they become queued."""
+        with translate_db_errors(), self._sessions.begin() as session:
+            rows = store.claim_due_scheduled(session, limit=self._batch)
+            if not rows:
+                return 0
+            confirmed = self._sqs.send_batch(rows)
+            store.mark_scheduled_queued(session, confirmed)
+        return len(confirmed)
+
+    def prune(self) -> int:
+        """Delete finished jobs past retention, a batch at a time; return how many."""
+        if self._retention_days is None:
+            return 0
+        total = 0
+        while True:
+            with translate_db_errors(), self._sessions.begin() as session:
+                deleted = store.prune_finished(
+                    session, older_than_days=self._retention_days, limit=1000
+                )
+            total += deleted
+            if deleted < 1000 or self._stop.is_set():
+                break
+        if total:
+            log.info("retention pruned %d finished job(s)", total)
+        return total
+
+    def run_pass(self) -> int:
+        """One full pass; returns how many messages were sent (more work likely if large)."""
+        sent = self.promote_scheduled() + self.run_once()
+        if time.monotonic() >= self._next_prune:
+            self._next_prune = time.monotonic() + self._prune_every
+            self.prune()
+        return sent
 
     def run_forever(self) -> None:
         """Dispatch until stop() is called, backing off on errors."""
         delay = self._interval
         while not self._stop.is_set():
             try:
-                sent = self.run_once()
+                sent = self.run_pass()
                 delay = self._interval
                 if sent >= self._batch:
-                    continue  # more overdue rows are likely waiting
+                    continue  # more rows are likely waiting
             except JobqError as exc:
                 log.warning("dispatcher pass failed: %s", exc)
                 delay = min(delay * 2, 30.0)

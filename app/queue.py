@@ -69,6 +69,7 @@ class Outgoing:
     job_id: uuid.UUID
     trace_id: str | None = None
     delay_seconds: int = 0
+    priority: str = "default"
 
 
 def encode_body(job_id: uuid.UUID) -> str:
@@ -98,20 +99,46 @@ def _entry(out: Outgoing, index: int) -> dict[str, Any]:
 class SqsQueue:
     """One SQS queue (and optionally its dead-letter queue) seen through jobq's needs."""
 
-    def __init__(self, client: Any, queue_url: str, dlq_url: str = "") -> None:
+    def __init__(
+        self,
+        client: Any,
+        queue_url: str,
+        dlq_url: str = "",
+        priority_urls: dict[str, str] | None = None,
+    ) -> None:
         self.client = client
         self.url = queue_url
         self.dlq_url = dlq_url
+        self.priority_urls = {p: u for p, u in (priority_urls or {}).items() if u} or {
+            "default": queue_url
+        }
+
+    def url_for(self, priority: str) -> str:
+        """The queue that carries jobs of `priority`."""
+        return self.priority_urls.get(priority) or self.url
+
+    def distinct_urls(self) -> list[str]:
+        """Each queue once, in priority order (high, default, low)."""
+        urls: list[str] = []
+        for priority in ("high", "default", "low"):
+            url = self.url_for(priority)
+            if url not in urls:
+                urls.append(url)
+        return urls
 
     def send_batch(self, items: Sequence[Outgoing]) -> list[uuid.UUID]:
-        """Publish with SendMessageBatch in chunks of 10; return the ids SQS confirmed."""
+        """Publish with SendMessageBatch in chunks of 10 per queue; return the confirmed ids."""
+        by_url: dict[str, list[Outgoing]] = {}
+        for item in items:
+            by_url.setdefault(self.url_for(item.priority), []).append(item)
         confirmed: list[uuid.UUID] = []
-        for start in range(0, len(items), MAX_BATCH):
-            chunk = items[start : start + MAX_BATCH]
-            entries = [_entry(out, i) for i, out in enumerate(chunk)]
-            with translate_sqs_errors("SendMessageBatch"):
-                resp = self.client.send_message_batch(QueueUrl=self.url, Entries=entries)
-            confirmed.extend(chunk[int(ok["Id"])].job_id for ok in resp.get("Successful", []))
+        for url, group in by_url.items():
+            for start in range(0, len(group), MAX_BATCH):
+                chunk = group[start : start + MAX_BATCH]
+                entries = [_entry(out, i) for i, out in enumerate(chunk)]
+                with translate_sqs_errors("SendMessageBatch"):
+                    resp = self.client.send_message_batch(QueueUrl=url, Entries=entries)
+                confirmed.extend(chunk[int(ok["Id"])].job_id for ok in resp.get("Successful", []))
         return confirmed
 
     def receive(
@@ -171,9 +198,9 @@ class SqsQueue:
             )
         return dict(resp.get("Attributes", {}))
 
-    def redrive_policy(self) -> dict[str, Any] | None:
-        """The main queue's RedrivePolicy, or None when it has none."""
-        raw = self.attributes().get("RedrivePolicy")
+    def redrive_policy(self, queue_url: str | None = None) -> dict[str, Any] | None:
+        """The queue's RedrivePolicy (main queue by default), or None when it has none."""
+        raw = self.attributes(queue_url).get("RedrivePolicy")
         return json.loads(raw) if raw else None
 
     def resolve_dlq_url(self) -> str:

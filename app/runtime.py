@@ -41,6 +41,6 @@ def build_runtime(settings: Settings, *, pool_size: int = 10, sqs_client: Any = 
         settings=settings,
         engine=engine,
         sessions=make_session_factory(engine),
-        sqs=SqsQueue(client, settings.sqs_queue_url, settings.sqs_dlq_url),
+        sqs=SqsQueue(client, settings.sqs_queue_url, settings.sqs_dlq_url, settings.queue_urls),
         registry=REGISTRY,
     )

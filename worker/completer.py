@@ -94,7 +94,7 @@ class Completer:
         retryable: bool = True,
         release: bool = False,
     ) -> str:
-        def write() -> bool:
+        def write() -> JobStatus | None:
             with translate_db_errors(), self._sessions.begin() as session:
                 return transitions.finish(
                     session,
@@ -120,7 +120,9 @@ class Completer:
         self, message: Message, job: Claimed, status: JobStatus, retryable: bool, release: bool
     ) -> None:
         try:
-            if status == JobStatus.SUCCEEDED or (status == JobStatus.FAILED and not retryable):
+            if status in (JobStatus.SUCCEEDED, JobStatus.CANCELLED) or (
+                status == JobStatus.FAILED and not retryable
+            ):
                 self._sqs.delete(message)
             elif status == JobStatus.RETRYING:
                 delay = (

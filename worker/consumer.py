@@ -3,14 +3,41 @@
 from __future__ import annotations
 
 import logging
+import random
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from app.errors import JobqError
 from app.queue import Message, SqsQueue
 from worker.inflight import InFlight
 
 log = logging.getLogger("jobq.consumer")
+
+# With several priority queues an idle worker long-polls one of them this long, then looks at
+# all again, so a message on any queue waits at most about this long.
+MULTI_QUEUE_WAIT_SECONDS = 2
+
+
+def weighted_order(
+    queues: Sequence[tuple[str, int]], rnd: Callable[[], float] = random.random
+) -> list[str]:
+    """Queues in a random order biased by weight (weighted sampling without replacement).
+
+    High is looked at first most of the time, but low still comes first now and then, so a
+    busy high queue slows low jobs down without starving them.
+    """
+    pool = [(url, w) for url, w in queues if w > 0]
+    order: list[str] = []
+    while pool:
+        total = sum(w for _, w in pool)
+        pick = rnd() * total
+        for i, (url, w) in enumerate(pool):
+            pick -= w
+            if pick < 0 or i == len(pool) - 1:
+                order.append(url)
+                pool.pop(i)
+                break
+    return order
 
 
 class Consumer:
@@ -23,7 +50,9 @@ class Consumer:
         dispatch: Callable[[Message], None],
         *,
         wait_seconds: int,
+        queues: Sequence[tuple[str, int]] | None = None,
     ) -> None:
+        self._queues = list(queues or [(sqs.url, 1)])
         self._sqs = sqs
         self._inflight = inflight
         self._dispatch = dispatch
@@ -38,7 +67,7 @@ class Consumer:
             if free == 0 or self._stop.is_set():
                 continue
             try:
-                messages = self._sqs.receive(free, self._wait)
+                messages = self._receive(free)
                 delay = 0.5
             except JobqError as exc:
                 log.warning("receive failed; backing off %.1f s: %s", delay, exc)
@@ -51,6 +80,17 @@ class Consumer:
                 return
             for message in messages:
                 self._dispatch(message)
+
+    def _receive(self, free: int) -> list[Message]:
+        if len(self._queues) == 1:
+            return self._sqs.receive(free, self._wait, queue_url=self._queues[0][0])
+        order = weighted_order(self._queues)
+        for url in order:
+            messages = self._sqs.receive(free, 0, queue_url=url)
+            if messages:
+                return messages
+        wait = min(self._wait, MULTI_QUEUE_WAIT_SECONDS)
+        return self._sqs.receive(free, wait, queue_url=order[0])
 
     def _release(self, messages: list[Message]) -> None:
         if not messages:

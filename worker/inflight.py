@@ -111,8 +111,12 @@ class Heartbeat:
         except JobqError as exc:
             log.warning("heartbeat: extending leases failed: %s", exc)
             return
-        for job_id in set(running) - held:
+        for job_id in set(running) - set(held):
             log.warning("heartbeat: lease on job lost", extra={"job_id": str(job_id)})
+        for e in entries:
+            if e.ctx is not None and held.get(e.ctx.job_id):
+                # Cancellation requested through the API: the handler can observe this.
+                e.ctx.cancelled.set()
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):

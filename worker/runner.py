@@ -37,6 +37,15 @@ def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
+def poll_weights(settings: Settings) -> list[tuple[str, int]]:
+    """(queue URL, weight) for each distinct priority queue; shared URLs add their weights."""
+    weights: dict[str, int] = {}
+    for priority, weight in zip(("high", "default", "low"), settings.weights, strict=True):
+        url = settings.queue_urls[priority]
+        weights[url] = weights.get(url, 0) + weight
+    return list(weights.items())
+
+
 class Worker:
     """Runs jobs from SQS with at most `worker_concurrency` at once."""
 
@@ -57,7 +66,11 @@ class Worker:
             backoff_cap=s.backoff_cap_seconds,
         )
         self.consumer = Consumer(
-            self.sqs, self.inflight, self._dispatch, wait_seconds=s.sqs_wait_seconds
+            self.sqs,
+            self.inflight,
+            self._dispatch,
+            wait_seconds=s.sqs_wait_seconds,
+            queues=poll_weights(s),
         )
         self.heartbeat = Heartbeat(
             self.inflight,
@@ -94,11 +107,16 @@ class Worker:
         )
 
     def _read_redrive_policy(self) -> None:
-        policy = self.sqs.redrive_policy()
-        if not policy:
-            log.warning("queue has no RedrivePolicy: exhausted jobs will never reach a DLQ")
+        counts: list[int] = []
+        for url in self.sqs.distinct_urls():
+            policy = self.sqs.redrive_policy(url)
+            if not policy:
+                log.warning("queue %s has no RedrivePolicy: exhausted jobs never reach a DLQ", url)
+                continue
+            counts.append(int(policy["maxReceiveCount"]))
+        if not counts:
             return
-        self.max_receive_count = int(policy["maxReceiveCount"])
+        self.max_receive_count = min(counts)
         if self.max_receive_count != self.settings.max_attempts:
             log.warning(
                 "JOBQ_MAX_ATTEMPTS=%d but the queue's maxReceiveCount=%d; SQS dead-letters at "
@@ -187,6 +205,12 @@ class Worker:
                 # Another worker holds it under a live lease: leave this copy alone.
                 self.sqs.change_visibility(message, current.lease_seconds_left + 1)
                 return
+            elif current.run_at_seconds_left > 1:
+                # Delivered before its run_at (e.g. a re-publish): hide it until due.
+                self.sqs.change_visibility(message, current.run_at_seconds_left)
+                return
+            elif current.status == JobStatus.SCHEDULED:
+                pass  # the dispatcher publishes a fresh message when it is due
             elif current.attempts >= min(current.max_attempts, self.attempt_cap):
                 # Its last attempt died with its worker: fail it; SQS redrive takes the message.
                 transitions.fail_exhausted(

@@ -42,10 +42,25 @@ class Job(Base):
         CheckConstraint(_STATUS_CHECK, name="ck_jobs_status"),
         CheckConstraint("attempts >= 0", name="ck_jobs_attempts"),
         CheckConstraint("max_attempts >= 1", name="ck_jobs_max_attempts"),
+        CheckConstraint("priority IN ('high', 'default', 'low')", name="ck_jobs_priority"),
         # Newest-first listing, optionally filtered; (created_at, id) is the cursor key.
         Index("ix_jobs_created", "created_at", "id"),
         Index("ix_jobs_status_created", "status", "created_at", "id"),
         Index("ix_jobs_task_created", "task", "created_at", "id"),
+        # Idempotency: one live job per key, enforced by the database, not read-then-write.
+        Index(
+            "ux_jobs_idempotency_key",
+            "idempotency_key",
+            unique=True,
+            postgresql_where=text("idempotency_key IS NOT NULL"),
+        ),
+        # The dispatcher's scans: scheduled jobs coming due, and retention of finished jobs.
+        Index("ix_jobs_scheduled", "run_at", postgresql_where=text("status = 'scheduled'")),
+        Index(
+            "ix_jobs_finished",
+            "finished_at",
+            postgresql_where=text("status IN ('succeeded', 'failed', 'cancelled')"),
+        ),
         # The dispatcher's scan: queued jobs whose publish is not confirmed.
         Index(
             "ix_jobs_unpublished",
@@ -74,6 +89,14 @@ class Job(Base):
     # While running: the worker holding the job must heartbeat before this instant.
     lease_expires_at: Mapped[datetime | None] = _ts()
     dead_lettered_at: Mapped[datetime | None] = _ts()
+    priority: Mapped[str] = mapped_column(String(8), server_default="default")
+    # Not before this instant (delayed and scheduled jobs).
+    run_at: Mapped[datetime | None] = _ts()
+    cancel_requested_at: Mapped[datetime | None] = _ts()
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    # sha256 of the canonical request, to tell a replay from a conflicting reuse of a key.
+    request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    idempotency_expires_at: Mapped[datetime | None] = _ts()
 
 
 class JobAttempt(Base):

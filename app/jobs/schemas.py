@@ -4,22 +4,66 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from app.jobs.states import JobStatus
 
 MAX_LIST_LIMIT = 500
+MAX_DELAY_SECONDS = 366 * 24 * 3600
+Priority = Literal["high", "default", "low"]
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong, and which field (dotted path) if one is to blame."""
+
+    code: str
+    message: str
+    field: str | None = None
 
 
 class JobCreate(BaseModel):
-    """Body of POST /jobs."""
+    """Body of POST /jobs (and one item of POST /jobs/batch)."""
 
     model_config = ConfigDict(extra="forbid")
 
     task: str = Field(min_length=1, max_length=200, examples=["echo"])
     payload: dict[str, Any] = Field(default_factory=dict, examples=[{"hello": "world"}])
+    idempotency_key: str | None = Field(None, min_length=1, max_length=255)
+    delay_seconds: int | None = Field(None, ge=0, le=MAX_DELAY_SECONDS)
+    run_at: AwareDatetime | None = None
+    priority: Priority = "default"
+    max_attempts: int | None = Field(None, ge=1, le=1000)
+    timeout_seconds: float | None = Field(None, gt=0, le=12 * 3600)
+
+
+class JobBatchCreate(BaseModel):
+    """Body of POST /jobs/batch."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    jobs: list[JobCreate] = Field(min_length=1)
+    atomic: bool = False
+
+
+class RedriveRequest(BaseModel):
+    """Body of POST /dlq/redrive: which failed jobs to run again."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: str | None = Field(None, min_length=1, max_length=200)
+    failed_after: AwareDatetime | None = None
+    failed_before: AwareDatetime | None = None
+    dead_lettered_only: bool = False
+    limit: int = Field(1000, ge=1, le=10_000)
+
+
+class RedriveResult(BaseModel):
+    """How many failed jobs were re-enqueued."""
+
+    redriven: int
+    job_ids: list[uuid.UUID]
 
 
 class JobOut(BaseModel):
@@ -39,6 +83,30 @@ class JobOut(BaseModel):
     updated_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    priority: Priority = "default"
+    run_at: datetime | None = None
+    timeout_seconds: float | None = None
+    idempotency_key: str | None = None
+    cancel_requested_at: datetime | None = None
+    dead_lettered_at: datetime | None = None
+
+
+class BatchItemResult(BaseModel):
+    """Outcome of one item of a batch: `created`, `existing` (idempotent replay) or `error`."""
+
+    index: int
+    status: Literal["created", "existing", "error"]
+    job: JobOut | None = None
+    error: ErrorDetail | None = None
+
+
+class BatchResult(BaseModel):
+    """Per-item results of POST /jobs/batch, in request order."""
+
+    created: int
+    existing: int
+    errors: int
+    items: list[BatchItemResult]
 
 
 class JobList(BaseModel):
@@ -59,14 +127,6 @@ class AttemptOut(BaseModel):
     worker_id: str | None
     started_at: datetime | None
     finished_at: datetime
-
-
-class ErrorDetail(BaseModel):
-    """What went wrong, and which field (dotted path) if one is to blame."""
-
-    code: str
-    message: str
-    field: str | None = None
 
 
 class ErrorBody(BaseModel):

@@ -9,19 +9,53 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, insert, select, text, tuple_, update
+from sqlalchemy import and_, delete, insert, select, text, tuple_, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from app.errors import InvalidInput
 from app.jobs.models import Job, JobAttempt
-from app.jobs.states import JobStatus
+from app.jobs.states import FINAL, JobStatus
+from app.queue import Outgoing
+from app.sqs_limits import MAX_DELAY_SECONDS
 
 
-def insert_job(session: Session, values: dict[str, Any]) -> Job:
-    """Insert one job row and return it with its server-side defaults."""
-    job = session.scalar(insert(Job).values(**values).returning(Job))
-    assert job is not None
-    return job
+def insert_jobs(session: Session, rows: list[dict[str, Any]]) -> list[Job]:
+    """Insert jobs without idempotency keys in one statement; return them in order."""
+    if not rows:
+        return []
+    by_id = {j.id: j for j in session.scalars(insert(Job).returning(Job), rows)}
+    return [by_id[r["id"]] for r in rows]
+
+
+def insert_idempotent(session: Session, values: dict[str, Any]) -> tuple[Job, bool]:
+    """Insert unless a live job holds the key; return (job, created).
+
+    The unique index decides under concurrency: a second identical request waits for the
+    first to commit, then finds its row.
+    """
+    key = values["idempotency_key"]
+    # An expired key no longer answers: free it for this request.
+    session.execute(
+        update(Job)
+        .where(Job.idempotency_key == key, Job.idempotency_expires_at < text("now()"))
+        .values(idempotency_key=None)
+    )
+    stmt = (
+        pg_insert(Job)
+        .values(**values)
+        .on_conflict_do_nothing(
+            index_elements=[Job.idempotency_key],
+            index_where=Job.idempotency_key.isnot(None),
+        )
+        .returning(Job)
+    )
+    job = session.scalar(stmt)
+    if job is not None:
+        return job, True
+    existing = session.scalar(select(Job).where(Job.idempotency_key == key))
+    assert existing is not None, "conflicting row vanished"
+    return existing, False
 
 
 def get_job(session: Session, job_id: uuid.UUID) -> Job | None:
@@ -61,6 +95,9 @@ def list_jobs(
     task: str | None,
     limit: int,
     cursor: str | None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    idempotency_key: str | None = None,
 ) -> tuple[list[Job], str | None]:
     """A newest-first page of jobs (keyset pagination on (created_at, id), no OFFSET)."""
     stmt = select(Job)
@@ -68,6 +105,12 @@ def list_jobs(
         stmt = stmt.where(Job.status == status.value)
     if task is not None:
         stmt = stmt.where(Job.task == task)
+    if created_after is not None:
+        stmt = stmt.where(Job.created_at > created_after)
+    if created_before is not None:
+        stmt = stmt.where(Job.created_at < created_before)
+    if idempotency_key is not None:
+        stmt = stmt.where(Job.idempotency_key == idempotency_key)
     if cursor:
         created, job_id = decode_cursor(cursor)
         stmt = stmt.where(tuple_(Job.created_at, Job.id) < tuple_(created, job_id))
@@ -88,12 +131,10 @@ def mark_published(session: Session, job_ids: Sequence[uuid.UUID]) -> None:
         )
 
 
-def claim_unpublished(
-    session: Session, *, older_than_seconds: float, limit: int
-) -> list[tuple[uuid.UUID, str | None]]:
+def claim_unpublished(session: Session, *, older_than_seconds: float, limit: int) -> list[Outgoing]:
     """Lock queued jobs whose publish is unconfirmed (SKIP LOCKED: dispatchers share work)."""
     stmt = (
-        select(Job.id, Job.trace_id)
+        select(Job.id, Job.trace_id, Job.priority, _DELAY_LEFT)
         .where(
             Job.status == JobStatus.QUEUED.value,
             Job.published_at.is_(None),
@@ -104,4 +145,56 @@ def claim_unpublished(
         .with_for_update(skip_locked=True)
     )
     rows = session.execute(stmt, {"after": older_than_seconds}).all()
-    return [(r[0], r[1]) for r in rows]
+    return [Outgoing(r[0], r[1], int(r[3]), r[2]) for r in rows]
+
+
+# Seconds until run_at, rounded up so SQS never delivers early, within SQS's 15-minute limit.
+_DELAY_LEFT = text(
+    f"least({MAX_DELAY_SECONDS}, greatest(0, ceil(extract(epoch FROM run_at - now()))))"
+    " AS delay_left"
+)
+
+
+def claim_due_scheduled(session: Session, *, limit: int) -> list[Outgoing]:
+    """Lock scheduled jobs due within SQS's delay window; they are sent with the delay left."""
+    stmt = (
+        select(Job.id, Job.trace_id, Job.priority, _DELAY_LEFT)
+        .where(
+            Job.status == JobStatus.SCHEDULED.value,
+            Job.run_at <= text(f"now() + interval '{MAX_DELAY_SECONDS} seconds'"),
+        )
+        .order_by(Job.run_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return [Outgoing(r[0], r[1], int(r[3] or 0), r[2]) for r in session.execute(stmt).all()]
+
+
+def mark_scheduled_queued(session: Session, job_ids: Sequence[uuid.UUID]) -> None:
+    """scheduled -> queued for jobs whose message SQS accepted."""
+    if job_ids:
+        session.execute(
+            update(Job)
+            .where(Job.id.in_(list(job_ids)), Job.status == JobStatus.SCHEDULED.value)
+            .values(
+                status=JobStatus.QUEUED.value, published_at=text("now()"), updated_at=text("now()")
+            )
+        )
+
+
+def prune_finished(session: Session, *, older_than_days: float, limit: int) -> int:
+    """Delete up to `limit` finished jobs (and their attempts) older than the retention."""
+    doomed = (
+        select(Job.id)
+        .where(
+            Job.status.in_([s.value for s in FINAL]),
+            Job.finished_at < text("now() - make_interval(secs => :secs)"),
+        )
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    result = session.execute(
+        delete(Job).where(Job.id.in_(doomed)), {"secs": older_than_days * 86400}
+    )
+    return int(getattr(result, "rowcount", 0) or 0)

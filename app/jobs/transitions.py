@@ -48,6 +48,7 @@ class JobView:
     attempts: int
     max_attempts: int
     lease_seconds_left: float
+    run_at_seconds_left: float = 0.0
 
 
 _CLAIM = text(
@@ -62,6 +63,7 @@ _CLAIM = text(
     WHERE j.id = prev.id AND j.attempts < least(j.max_attempts, :cap)
       AND j.status IN {_in(S.RUNNING)}
       AND (j.status <> 'running' OR j.lease_expires_at < now())
+      AND (j.run_at IS NULL OR j.run_at <= now() + interval '1 second')
     RETURNING j.id, j.task, j.payload, j.attempts, j.max_attempts, j.timeout_seconds,
               j.trace_id, now() AS started,
               prev.status AS prev_status, prev.worker_id AS prev_worker
@@ -108,29 +110,46 @@ def view(session: Session, job_id: uuid.UUID) -> JobView | None:
     row = session.execute(
         text(
             """SELECT status, attempts, max_attempts,
-                 greatest(0, extract(epoch FROM lease_expires_at - now())) AS left
+                 greatest(0, extract(epoch FROM lease_expires_at - now())) AS left,
+                 greatest(0, extract(epoch FROM run_at - now())) AS run_left
                FROM jobs WHERE id = :id"""
         ),
         {"id": job_id},
     ).one_or_none()
     if row is None:
         return None
-    return JobView(S(row.status), row.attempts, row.max_attempts, float(row.left or 0))
-
-
-_FINISH = """
-    WITH u AS (
-        UPDATE jobs SET status = :status, result = CAST(:result AS jsonb), error = :error,
-            updated_at = now(), lease_expires_at = NULL, {finished}
-        WHERE id = :id AND status = 'running' AND worker_id = :worker AND attempts = :attempt
-        RETURNING id
+    return JobView(
+        S(row.status),
+        row.attempts,
+        row.max_attempts,
+        float(row.left or 0),
+        float(row.run_left or 0),
     )
-    INSERT INTO job_attempts (job_id, attempt, outcome, error, worker_id, started_at)
-    SELECT id, :attempt, :outcome, :error, :worker, :started FROM u
-    RETURNING job_id
-"""
-_FINISH_FINAL = text(_FINISH.format(finished="finished_at = now()"))
-_FINISH_RETRY = text(_FINISH.format(finished="finished_at = NULL"))
+
+
+# A cancellation request wins over whatever the attempt produced.
+_FINISH = text(
+    """
+    WITH u AS (
+        UPDATE jobs SET
+            status = CASE WHEN cancel_requested_at IS NULL THEN :status ELSE 'cancelled' END,
+            result = CAST(:result AS jsonb),
+            error = CASE WHEN cancel_requested_at IS NULL THEN :error
+                         ELSE coalesce(:error, 'cancelled while running') END,
+            finished_at = CASE WHEN cancel_requested_at IS NULL AND :status = 'retrying'
+                               THEN NULL ELSE now() END,
+            updated_at = now(), lease_expires_at = NULL
+        WHERE id = :id AND status = 'running' AND worker_id = :worker AND attempts = :attempt
+        RETURNING id, status
+    ), a AS (
+        INSERT INTO job_attempts (job_id, attempt, outcome, error, worker_id, started_at)
+        SELECT id, :attempt, CASE WHEN status = 'cancelled' THEN 'cancelled' ELSE :outcome END,
+               :error, :worker, :started
+        FROM u
+    )
+    SELECT status FROM u
+    """
+)
 
 
 def finish(
@@ -142,13 +161,12 @@ def finish(
     outcome: str,
     result: Any = None,
     error: str | None = None,
-) -> bool:
-    """running -> succeeded|retrying|failed|cancelled for this worker's attempt; record it."""
+) -> JobStatus | None:
+    """running -> succeeded|retrying|failed (or cancelled if requested); None if not ours."""
     if S.RUNNING not in sources(status):
         raise ValueError(f"running -> {status} is not a transition")
-    stmt = _FINISH_RETRY if status == S.RETRYING else _FINISH_FINAL
     row = session.execute(
-        stmt,
+        _FINISH,
         {
             "id": claimed.job_id,
             "status": status.value,
@@ -160,21 +178,22 @@ def finish(
             "started": claimed.started_at,
         },
     ).one_or_none()
-    return row is not None
+    return None if row is None else S(row.status)
 
 
 def extend_leases(
     session: Session, worker_id: str, job_ids: list[uuid.UUID], lease_seconds: float
-) -> set[uuid.UUID]:
-    """Heartbeat: push the lease of this worker's running jobs; return the ones still held."""
+) -> dict[uuid.UUID, bool]:
+    """Heartbeat: push this worker's leases; return held job id -> cancellation requested."""
     if not job_ids:
-        return set()
+        return {}
     stmt = text(
         """UPDATE jobs SET lease_expires_at = now() + make_interval(secs => :lease)
-           WHERE id IN :ids AND status = 'running' AND worker_id = :worker RETURNING id"""
+           WHERE id IN :ids AND status = 'running' AND worker_id = :worker
+           RETURNING id, cancel_requested_at IS NOT NULL"""
     ).bindparams(bindparam("ids", expanding=True))
     rows = session.execute(stmt, {"ids": job_ids, "worker": worker_id, "lease": lease_seconds})
-    return {r[0] for r in rows}
+    return {r[0]: bool(r[1]) for r in rows}
 
 
 def fail_exhausted(session: Session, job_id: uuid.UUID, reason: str, dead_letter: bool) -> bool:
