@@ -99,6 +99,13 @@ def cmd_dlq_consumer(settings: Settings, args: argparse.Namespace) -> int:
     return _run_loop(consumer.start, consumer.stop)
 
 
+def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
+    """List or redrive failed jobs."""
+    from app import cli_dlq
+
+    return cli_dlq.run(settings, args)
+
+
 def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
     """Embedded PostgreSQL + SQS emulator + migrations + API + one worker."""
     from app.devrun import run_dev
@@ -112,6 +119,7 @@ COMMANDS: dict[str, tuple[Callable[[Settings, argparse.Namespace], int], str]] =
     "migrate": (cmd_migrate, "apply database migrations"),
     "dispatcher": (cmd_dispatcher, "re-publish jobs whose SQS publish was not confirmed"),
     "dlq-consumer": (cmd_dlq_consumer, "mark dead-lettered jobs failed and drain the DLQ"),
+    "dlq": (cmd_dlq, "list failed jobs or redrive them: dlq list|redrive [--task ...]"),
     "dev": (cmd_dev, "run everything locally on embedded PostgreSQL and SQS"),
 }
 
@@ -124,6 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         if name == "migrate":
             p.add_argument("revision", nargs="?", default="head")
+        elif name == "dlq":
+            from app import cli_dlq
+
+            cli_dlq.add_arguments(p)
     return parser
 
 
@@ -137,6 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "dev" and "JOBQ_LOG_FORMAT" not in os.environ:
         settings = settings.model_copy(update={"log_format": "console"})
+    if args.command == "dlq" and "JOBQ_LOG_LEVEL" not in os.environ:
+        settings = settings.model_copy(update={"log_level": "WARNING"})  # keep stdout for output
     configure_logging(settings)
     handler, _ = COMMANDS[args.command]
     try:

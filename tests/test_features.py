@@ -345,3 +345,36 @@ def test_retention_prunes_old_finished_jobs_only(db: Any, runtime: Any) -> None:
     assert dispatcher.prune() == 2
     assert _one(db, "SELECT count(*) FROM jobs") == 2
     assert _one(db, "SELECT count(*) FROM jobs WHERE status = 'failed'") == 1
+
+
+def test_cli_dlq_list_and_redrive(api: Any, settings: Any, worker_factory: Any) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from tests.helpers import ROOT, settings_env
+
+    worker_factory()
+    job = api.post("/jobs", json={"task": "permanent"}).json()
+    _status(api, job["id"], "failed")
+
+    def jobq(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "app.cli", *args],
+            env=settings_env(settings),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    listed = jobq("dlq", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [j["id"] for j in json.loads(listed.stdout.splitlines()[-1])] == [job["id"]]
+    redriven = jobq("dlq", "redrive", "--task", "permanent", "--json")
+    assert redriven.returncode == 0, redriven.stderr
+    assert json.loads(redriven.stdout.splitlines()[-1])["redriven"] == 1
+    _status(api, job["id"], "failed")  # ran again (and failed again)
+    assert len(api.get(f"/jobs/{job['id']}/attempts").json()) == 2
+    naive = jobq("dlq", "redrive", "--since", "2030-01-01T00:00:00")
+    assert naive.returncode == 1 and "--since" in naive.stderr
