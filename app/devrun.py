@@ -17,7 +17,6 @@ from app.devstack import SqsServer, start_postgres
 from app.migrate import upgrade
 from app.queue import ensure_queues, make_sqs_client
 
-DEV_QUEUE = "jobq-default"
 DEV_DLQ = "jobq-dlq"
 
 
@@ -61,14 +60,21 @@ def _prepare(
             AWS_SECRET_ACCESS_KEY=os.environ.get("AWS_SECRET_ACCESS_KEY", "test"),
         )
         client = make_sqs_client(settings.model_copy(update={"sqs_endpoint_url": server.endpoint}))
-        url, dlq = ensure_queues(
-            client,
-            DEV_QUEUE,
-            DEV_DLQ,
-            max_receive_count=settings.max_attempts,
-            visibility_timeout=settings.visibility_timeout_seconds,
+        urls: dict[str, str] = {}
+        for priority in ("high", "default", "low"):
+            urls[priority], dlq = ensure_queues(
+                client,
+                f"jobq-{priority}",
+                DEV_DLQ,
+                max_receive_count=settings.max_attempts,
+                visibility_timeout=settings.visibility_timeout_seconds,
+            )
+        env.update(
+            SQS_QUEUE_URL=urls["default"],
+            SQS_HIGH_QUEUE_URL=urls["high"],
+            SQS_LOW_QUEUE_URL=urls["low"],
+            SQS_DLQ_URL=dlq,
         )
-        env.update(SQS_QUEUE_URL=url, SQS_DLQ_URL=dlq)
     env.setdefault("JOBQ_LOG_FORMAT", "console")
     # Shorter long polls make Ctrl-C quick: the worker waits for its last poll to return.
     env.setdefault("JOBQ_SQS_WAIT_SECONDS", "5")

@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 
 from app.config import Settings
 
-_RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+# Standard LogRecord attributes, plus uvicorn's ANSI-coloured duplicate of the message.
+_RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "color_message"}
 
 
 def _extras(record: logging.LogRecord) -> dict[str, object]:

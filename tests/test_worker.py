@@ -182,3 +182,24 @@ def test_worker_survives_database_connections_being_killed(
     ids = [api.post("/jobs", json={"task": "echo"}).json()["id"] for _ in range(3)]
     for job_id in ids:
         _wait_status(api, job_id, "succeeded")
+
+
+def test_job_longer_than_visibility_timeout_is_not_redelivered(
+    database_url: str, sqs_endpoint: str, db: Any, worker_factory: Any
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from tests.conftest import make_settings
+
+    settings = make_settings(
+        database_url, sqs_endpoint, visibility_timeout_seconds=5, heartbeat_seconds=1.0
+    )
+    worker_factory(settings)
+    worker_factory(settings)
+    with TestClient(create_app(settings)) as api:
+        job = api.post("/jobs", json={"task": "record", "payload": {"sleep": 9}}).json()
+        done = _wait_status(api, job["id"], "succeeded", timeout=40)
+    # Nearly twice the visibility timeout, yet one execution and one attempt: heartbeats held it.
+    assert done["attempts"] == 1
+    assert len(_executions(db, job["id"])) == 1
