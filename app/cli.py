@@ -40,6 +40,11 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from worker.runner import Worker
 
     runtime = build_runtime(settings, pool_size=settings.worker_concurrency + 2)
+    if settings.metrics_port:
+        from app.observability.metrics import serve_worker_metrics
+
+        serve_worker_metrics(settings.metrics_port, settings.host)
+        log.info("worker metrics on http://%s:%d/metrics", settings.host, settings.metrics_port)
     try:
         return Worker(runtime).run_until_signalled()
     finally:

@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     backoff_cap_seconds: float = Field(300.0, ge=0, le=MAX_VISIBILITY_TIMEOUT)
     shutdown_grace_seconds: float = Field(25.0, ge=0, le=120)
     dlq_consumer: bool = True
+    metrics_port: int = Field(9100, ge=0, le=65535)  # worker's /metrics; 0 turns it off
 
     # Dispatcher (re-publishes jobs whose fast-path publish was not confirmed).
     dispatcher: bool = True

@@ -8,17 +8,21 @@ import sys
 from datetime import UTC, datetime
 
 from app.config import Settings
+from app.observability.context import trace_id_var
 
 # Standard LogRecord attributes, plus uvicorn's ANSI-coloured duplicate of the message.
 _RESERVED = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "color_message"}
 
 
 def _extras(record: logging.LogRecord) -> dict[str, object]:
-    return {
+    extras = {
         k: v
         for k, v in record.__dict__.items()
         if k not in _RESERVED and not k.startswith("_") and v is not None
     }
+    if "trace_id" not in extras and (trace_id := trace_id_var.get()):
+        extras["trace_id"] = trace_id
+    return extras
 
 
 class JsonFormatter(logging.Formatter):

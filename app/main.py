@@ -14,6 +14,10 @@ from app.jobs import routes as job_routes
 from app.jobs.service import JobService
 from app.limits import BodySizeLimit
 from app.logging_setup import configure_logging
+from app.observability import routes as ops_routes
+from app.observability.metrics import CachedGaugeCollector
+from app.observability.routes import install_http_metrics
+from app.observability.stats import sampled_gauges
 from app.publisher import Dispatcher, Publisher
 from app.runtime import build_runtime
 
@@ -38,6 +42,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.publisher = publisher
         app.state.dispatcher = dispatcher
         app.state.jobs = JobService(runtime.sessions, runtime.registry, publisher, settings)
+        app.state.sampled_metrics = CachedGaugeCollector(
+            lambda: sampled_gauges(runtime.sqs, runtime.sessions), ttl=10.0
+        )
         publisher.start()
         if settings.dispatcher:
             dispatcher.start()
@@ -56,6 +63,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_payload_bytes)
+    install_http_metrics(app)
     app.include_router(health.router)
+    app.include_router(ops_routes.router)
     app.include_router(job_routes.router)
     return app

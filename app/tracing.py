@@ -6,6 +6,8 @@ import re
 import uuid
 from collections.abc import Mapping
 
+from app.observability.context import trace_id_var
+
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -19,3 +21,8 @@ def trace_id_from(headers: Mapping[str, str]) -> str:
     if _REQUEST_ID.match(request_id):
         return request_id
     return uuid.uuid4().hex
+
+
+def current_trace_id(headers: Mapping[str, str]) -> str:
+    """The trace id bound to this request by the HTTP middleware (or derived from headers)."""
+    return trace_id_var.get() or trace_id_from(headers)

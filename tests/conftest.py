@@ -172,3 +172,9 @@ def worker_factory(settings: Settings) -> Iterator[Any]:
     for w, rt in started:
         w.stop(grace=5)
         rt.close()
+
+
+@pytest.fixture
+def procs_dir(tmp_path: Any) -> Any:
+    """A directory for child process logs."""
+    return tmp_path

@@ -49,6 +49,7 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
         JOBQ_SHUTDOWN_GRACE_SECONDS=str(settings.shutdown_grace_seconds),
         JOBQ_TASK_MODULES=settings.task_modules,
         JOBQ_LOG_FORMAT="json",
+        JOBQ_METRICS_PORT="0",
         PYTHONPATH=str(ROOT),
     )
     env.update(extra)

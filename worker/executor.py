@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import threading
@@ -53,7 +54,11 @@ class Executor:
 
         # A separate thread so the timeout can be enforced: Python cannot kill a thread, so a
         # handler that ignores ctx.cancelled keeps running detached after its attempt failed.
-        thread = threading.Thread(target=target, name=f"job-{ctx.job_id}", daemon=True)
+        # Run in a copy of this context so the handler's log lines carry the job's trace id.
+        context = contextvars.copy_context()
+        thread = threading.Thread(
+            target=context.run, args=(target,), name=f"job-{ctx.job_id}", daemon=True
+        )
         thread.start()
         thread.join(limit)
         if thread.is_alive():

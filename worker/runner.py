@@ -17,6 +17,8 @@ from app.db import translate_db_errors
 from app.errors import JobqError
 from app.jobs import transitions
 from app.jobs.states import FINAL, JobStatus
+from app.observability import metrics
+from app.observability.context import trace_id_var
 from app.queue import Message
 from app.runtime import Runtime
 from app.tasks.registry import JobContext
@@ -171,6 +173,7 @@ class Worker:
         if job is None:
             self._unclaimed(message, message.job_id)
             return
+        trace_id_var.set(job.trace_id)  # this pool thread's logs now carry the trace id
         max_attempts = min(job.max_attempts, self.attempt_cap)
         ctx = JobContext(job.job_id, job.task, job.attempt, max_attempts)
         entry.ctx, entry.job = ctx, job
@@ -181,10 +184,20 @@ class Worker:
             "trace_id": job.trace_id,
         }
         log.info("job started", extra=extra)
-        outcome = self.executor.run(ctx, job.payload, job.timeout_seconds)
+        if job.attempt == 1 and job.queued_at is not None:
+            wait = (job.started_at - job.queued_at).total_seconds()
+            metrics.QUEUE_WAIT.labels(job.task).observe(max(0.0, wait))
+        began = time.perf_counter()
+        with metrics.IN_FLIGHT.track_inprogress():
+            outcome = self.executor.run(ctx, job.payload, job.timeout_seconds)
+        metrics.JOB_DURATION.labels(job.task).observe(time.perf_counter() - began)
         if self._stopped.is_set() and ctx.cancelled.is_set() and not outcome.ok:
             outcome = Outcome(failure=Failure(INTERRUPTED, True, "interrupted"))
         status = self.completer.complete(message, job, outcome, max_attempts)
+        if status == JobStatus.RETRYING.value:
+            metrics.JOBS_RETRIED.labels(job.task).inc()
+        elif status:
+            metrics.JOBS_FINISHED.labels(job.task, status).inc()
         log.info(
             "job %s",
             status or "lost",

@@ -24,7 +24,7 @@ from app.jobs.schemas import (
 )
 from app.jobs.service import JobService
 from app.jobs.states import JobStatus
-from app.tracing import trace_id_from
+from app.tracing import current_trace_id
 
 router = APIRouter(tags=["jobs"])
 
@@ -49,7 +49,7 @@ def submit_job(
 ) -> JobOut:
     """Submit a job; it is durable once this returns 201 (200: the original of a replayed key)."""
     job, created = _service(request).submit(
-        body, trace_id=trace_id_from(request.headers), header_key=idempotency_key
+        body, trace_id=current_trace_id(request.headers), header_key=idempotency_key
     )
     if not created:
         response.status_code = status.HTTP_200_OK
@@ -60,7 +60,7 @@ def submit_job(
 def submit_batch(body: JobBatchCreate, request: Request) -> BatchResult:
     """Submit many jobs in one transaction; invalid items are reported (or reject all if atomic)."""
     results = _service(request).submit_batch(
-        body.jobs, atomic=body.atomic, trace_id=trace_id_from(request.headers)
+        body.jobs, atomic=body.atomic, trace_id=current_trace_id(request.headers)
     )
     items: list[BatchItemResult] = []
     for index, (job, created, error) in enumerate(results):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,10 +18,13 @@ from app.jobs import commands, store
 from app.jobs.models import Job, JobAttempt
 from app.jobs.schemas import JobCreate, RedriveRequest
 from app.jobs.states import JobStatus
+from app.observability.metrics import JOBS_CREATED
 from app.publisher import Publisher
 from app.queue import Outgoing
 from app.sqs_limits import MAX_DELAY_SECONDS
 from app.tasks.registry import Registry
+
+log = logging.getLogger("jobq.jobs")
 
 
 def request_hash(req: JobCreate) -> str:
@@ -153,9 +157,12 @@ class JobService:
         self._publish([job for job, created, _ in results if job is not None and created])
         return results
 
-    def _publish(self, jobs: list[Job]) -> None:
+    def _publish(self, jobs: list[Job], *, created: bool = True) -> None:
         """After commit only: a message must never name a job that does not exist."""
         for job in jobs:
+            if created:
+                JOBS_CREATED.labels(job.task).inc()
+                log.info("job submitted", extra={"job_id": str(job.id), "task": job.task})
             if job.status == JobStatus.QUEUED.value:
                 delay = 0
                 if job.run_at is not None:
@@ -207,7 +214,7 @@ class JobService:
             jobs = commands.requeue(session, ids=[job_id])
             if not jobs:
                 self._explain_refusal(session, job_id, "retry")
-        self._publish(jobs)
+        self._publish(jobs, created=False)
         return jobs[0]
 
     def redrive(self, req: RedriveRequest) -> list[Job]:
@@ -223,7 +230,7 @@ class JobService:
                 dead_lettered_only=req.dead_lettered_only,
                 limit=req.limit,
             )
-        self._publish(jobs)
+        self._publish(jobs, created=False)
         return jobs
 
     @staticmethod

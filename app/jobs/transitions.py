@@ -38,6 +38,7 @@ class Claimed:
     trace_id: str | None
     started_at: datetime
     lost_previous: bool  # the previous attempt's worker died holding the job
+    queued_at: datetime | None = None  # when it became due (for the queue-wait metric)
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,10 @@ class JobView:
 
 _CLAIM = text(
     f"""
-    WITH prev AS (SELECT id, status, worker_id FROM jobs WHERE id = :id FOR UPDATE)
+    WITH prev AS (
+        SELECT id, status, worker_id, greatest(updated_at, run_at) AS queued_at
+        FROM jobs WHERE id = :id FOR UPDATE
+    )
     UPDATE jobs AS j SET
         status = 'running', attempts = j.attempts + 1, worker_id = :worker,
         lease_expires_at = now() + make_interval(secs => :lease),
@@ -66,7 +70,7 @@ _CLAIM = text(
       AND (j.run_at IS NULL OR j.run_at <= now() + interval '1 second')
     RETURNING j.id, j.task, j.payload, j.attempts, j.max_attempts, j.timeout_seconds,
               j.trace_id, now() AS started,
-              prev.status AS prev_status, prev.worker_id AS prev_worker
+              prev.status AS prev_status, prev.worker_id AS prev_worker, prev.queued_at
     """
 )
 
@@ -102,6 +106,7 @@ def claim(
         trace_id=row.trace_id,
         started_at=row.started,
         lost_previous=lost,
+        queued_at=row.queued_at,
     )
 
 

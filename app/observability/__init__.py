@@ -1,0 +1,1 @@
+"""Metrics, request tracking and operational statistics."""

@@ -1,0 +1,116 @@
+"""Metrics, stats and structured logs with a trace id that crosses SQS."""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from tests.helpers import start_worker_process, wait_for
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus exposition text (label order does not matter)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    raise AssertionError(f"{name}{labels} not exposed")
+
+
+def test_api_metrics_count_jobs_http_and_sample_queues(api: Any) -> None:
+    api.post("/jobs", json={"task": "echo"})
+    api.post("/jobs", json={"task": "nope"})
+    api.get("/jobs/not-a-uuid")
+    text = api.get("/metrics").text
+    assert _metric(text, "jobq_jobs_created_total", task="echo") >= 1
+    assert (
+        _metric(text, "jobq_http_requests_total", method="POST", route="/jobs", status="201") >= 1
+    )
+    assert (
+        _metric(
+            text, "jobq_http_requests_total", method="GET", route="/jobs/{job_id}", status="422"
+        )
+        >= 1
+    )
+    assert "jobq_http_request_duration_seconds_bucket" in text
+    assert "jobq_queue_depth{" in text and "jobq_dlq_depth " in text
+    assert _metric(text, "jobq_oldest_queued_job_age_seconds") >= 0
+
+
+def test_stats_reports_counts_depths_throughput_and_failures(api: Any, worker_factory: Any) -> None:
+    worker_factory()
+    ok = api.post("/jobs", json={"task": "echo"}).json()
+    bad = api.post("/jobs", json={"task": "permanent"}).json()
+    wait_for(
+        lambda: (
+            api.get(f"/jobs/{ok['id']}").json()["status"] == "succeeded"
+            and api.get(f"/jobs/{bad['id']}").json()["status"] == "failed"
+        ),
+        what="both jobs to finish",
+    )
+    stats = api.get("/stats").json()
+    assert stats["by_status"] == {"succeeded": 1, "failed": 1}
+    assert stats["by_task"]["permanent"] == {"failed": 1}
+    assert stats["throughput"]["finished"] == 2
+    assert stats["recent_failures"][0]["id"] == bad["id"]
+    assert "can never work" in stats["recent_failures"][0]["error"]
+    assert set(stats["dlq"]) == {"visible", "in_flight", "delayed"}
+    assert all(v is not None for v in stats["queues"].values())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_worker_metrics_and_json_logs_carry_the_trace_id(
+    api: Any, settings: Any, procs_dir: Path
+) -> None:
+    port = _free_port()
+    log_path = procs_dir / "worker.log"
+    worker = start_worker_process(settings, log_path, JOBQ_METRICS_PORT=str(port))
+    try:
+        trace = "0af7651916cd43dd8448eb211c80319c"
+        job = api.post(
+            "/jobs",
+            json={"task": "flaky", "payload": {"failures": 1}},
+            headers={"traceparent": f"00-{trace}-b7ad6b7169203331-01"},
+        )
+        assert job.headers["x-trace-id"] == trace
+        job_id = job.json()["id"]
+        wait_for(
+            lambda: api.get(f"/jobs/{job_id}").json()["status"] == "succeeded",
+            what="the job to succeed",
+        )
+
+        def scrape() -> str:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                    return str(r.read().decode())
+            except OSError:
+                return ""
+
+        text = wait_for(
+            lambda: "jobq_jobs_finished_total{" in (t := scrape()) and t,
+            what="worker metrics",
+        )
+        assert _metric(text, "jobq_jobs_finished_total", task="flaky", status="succeeded") == 1
+        assert _metric(text, "jobq_jobs_retried_total", task="flaky") == 1
+        assert _metric(text, "jobq_job_duration_seconds_count", task="flaky") == 2
+        assert _metric(text, "jobq_job_queue_wait_seconds_count", task="flaky") == 1
+        assert _metric(text, "jobq_jobs_in_flight") == 0
+    finally:
+        worker.terminate()
+        worker.wait(30)
+    lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+    about_job = [line for line in lines if line.get("job_id") == job_id]
+    assert {"job started", "job retrying", "job succeeded"} <= {x["event"] for x in about_job}
+    for line in about_job:
+        assert line["trace_id"] == trace
+        assert {"ts", "level", "event", "task", "attempt"} <= set(line)
