@@ -111,6 +111,13 @@ def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
     return cli_dlq.run(settings, args)
 
 
+def cmd_client(settings: Settings, args: argparse.Namespace) -> int:
+    """Talk to a running API."""
+    from app import cli_client
+
+    return cli_client.run(settings, args)
+
+
 def cmd_dev(settings: Settings, args: argparse.Namespace) -> int:
     """Embedded PostgreSQL + SQS emulator + migrations + API + one worker."""
     from app.devrun import run_dev
@@ -126,6 +133,10 @@ COMMANDS: dict[str, tuple[Callable[[Settings, argparse.Namespace], int], str]] =
     "dlq-consumer": (cmd_dlq_consumer, "mark dead-lettered jobs failed and drain the DLQ"),
     "dlq": (cmd_dlq, "list failed jobs or redrive them: dlq list|redrive [--task ...]"),
     "dev": (cmd_dev, "run everything locally on embedded PostgreSQL and SQS"),
+    "submit": (cmd_client, "submit a job through the API: submit TASK --payload JSON [--wait]"),
+    "status": (cmd_client, "show one job: status ID"),
+    "list": (cmd_client, "list jobs: list [--status S] [--task T] [--limit N]"),
+    "stats": (cmd_client, "counts, queue depths, throughput and recent failures"),
 }
 
 
@@ -133,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser; one subcommand per entry in COMMANDS."""
     parser = argparse.ArgumentParser(prog="jobq", description="jobq: jobs on PostgreSQL + SQS")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (_, help_text) in COMMANDS.items():
+    for name, (handler, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text)
         if name == "migrate":
             p.add_argument("revision", nargs="?", default="head")
@@ -141,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
             from app import cli_dlq
 
             cli_dlq.add_arguments(p)
+        elif handler is cmd_client:
+            from app import cli_client
+
+            cli_client.add_arguments(name, p)
     return parser
 
 
@@ -154,7 +169,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "dev" and "JOBQ_LOG_FORMAT" not in os.environ:
         settings = settings.model_copy(update={"log_format": "console"})
-    if args.command == "dlq" and "JOBQ_LOG_LEVEL" not in os.environ:
+    if args.command in ("dlq", "submit", "status", "list", "stats") and (
+        "JOBQ_LOG_LEVEL" not in os.environ
+    ):
         settings = settings.model_copy(update={"log_level": "WARNING"})  # keep stdout for output
     configure_logging(settings)
     handler, _ = COMMANDS[args.command]

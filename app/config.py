@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     )
     host: str = Field("127.0.0.1", validation_alias=AliasChoices("HOST"))
     port: int = Field(8000, ge=1, le=65535, validation_alias=AliasChoices("PORT"))
+    # Where the client commands (jobq submit/status/list/stats) find the API.
+    api_url: str = "http://127.0.0.1:8000"
 
     # Jobs.
     max_attempts: int = Field(3, ge=1, le=1000)

@@ -178,3 +178,29 @@ def worker_factory(settings: Settings) -> Iterator[Any]:
 def procs_dir(tmp_path: Any) -> Any:
     """A directory for child process logs."""
     return tmp_path
+
+
+@pytest.fixture
+def live_api(settings: Settings) -> Iterator[str]:
+    """The real app served by uvicorn on 127.0.0.1 (for clients that need a socket)."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    from app.main import create_app
+    from tests.helpers import wait_for
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=port, log_config=None, lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started, what="uvicorn to start")
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(15)

@@ -1,0 +1,55 @@
+"""The jobq client commands against a live API on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+from tests.helpers import ROOT, settings_env
+
+
+def _jobq(settings: Any, api_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        env=settings_env(settings, JOBQ_API_URL=api_url),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_submit_wait_status_list_stats(settings: Any, live_api: str, worker_factory: Any) -> None:
+    worker_factory()
+    done = _jobq(
+        settings, live_api, "submit", "flaky", "--payload", '{"failures": 1}', "--wait", "--json"
+    )
+    assert done.returncode == 0, done.stderr
+    job = json.loads(done.stdout)
+    assert job["status"] == "succeeded" and job["attempts"] == 2
+    assert "queued" in done.stderr or "retrying" in done.stderr  # progress went to stderr
+
+    status = _jobq(settings, live_api, "status", job["id"])
+    assert status.returncode == 0 and job["id"] in status.stdout and "succeeded" in status.stdout
+    listed = _jobq(settings, live_api, "list", "--task", "flaky", "--json")
+    assert [j["id"] for j in json.loads(listed.stdout)["items"]] == [job["id"]]
+    stats = _jobq(settings, live_api, "stats")
+    assert stats.returncode == 0 and "succeeded 1" in stats.stdout
+
+
+def test_failed_wait_exits_1_and_errors_are_readable(
+    settings: Any, live_api: str, worker_factory: Any
+) -> None:
+    worker_factory()
+    failed = _jobq(settings, live_api, "submit", "permanent", "--wait")
+    assert failed.returncode == 1 and "failed" in failed.stdout
+    unknown = _jobq(settings, live_api, "submit", "nope")
+    assert unknown.returncode == 1 and "422 invalid_input" in unknown.stderr
+    bad_json = _jobq(settings, live_api, "submit", "echo", "--payload", "{oops")
+    assert bad_json.returncode == 1 and "--payload is not JSON" in bad_json.stderr
+    missing = _jobq(settings, live_api, "status", "00000000-0000-0000-0000-000000000000")
+    assert missing.returncode == 1 and "404" in missing.stderr
+    down = _jobq(settings, "http://127.0.0.1:9", "stats")
+    assert down.returncode == 1 and "cannot reach the API" in down.stderr
