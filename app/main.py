@@ -9,6 +9,7 @@ from fastapi import FastAPI
 
 from app import health
 from app.config import Settings, get_settings
+from app.dashboard import routes as dashboard_routes
 from app.http_errors import install_error_handlers
 from app.jobs import routes as job_routes
 from app.jobs.service import JobService
@@ -66,5 +67,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_http_metrics(app)
     app.include_router(health.router)
     app.include_router(ops_routes.router)
+    app.include_router(dashboard_routes.router)
     app.include_router(job_routes.router)
     return app

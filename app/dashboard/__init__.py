@@ -1,0 +1,1 @@
+"""Server-rendered operations dashboard (no front-end build step)."""

@@ -1,0 +1,100 @@
+"""The dashboard, end to end in headless Chromium (Debian's chromium + chromium-driver)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import wait_for
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    """Headless Chromium driven by Selenium through Debian's chromedriver (no downloads)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+        pytest.fail("Chromium is missing: apt-get install chromium chromium-driver (.ci/run does)")
+    profile = tempfile.mkdtemp(prefix="jobq-chromium-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1280,1000",
+        f"--user-data-dir={profile}",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def _text(driver: Any) -> str:
+    return str(driver.find_element("tag name", "body").text)
+
+
+def test_dashboard_shows_jobs_and_retry_works(
+    browser: Any, live_api: str, worker_factory: Any, tmp_path: Path
+) -> None:
+    import httpx
+
+    worker_factory()
+    ok = httpx.post(f"{live_api}/jobs", json={"task": "echo", "payload": {"hello": "dash"}}).json()
+    bad = httpx.post(f"{live_api}/jobs", json={"task": "permanent"}).json()
+
+    def finished() -> bool:
+        states = {httpx.get(f"{live_api}/jobs/{j['id']}").json()["status"] for j in (ok, bad)}
+        return states == {"succeeded", "failed"}
+
+    wait_for(finished, what="both jobs to finish")
+
+    browser.get(f"{live_api}/dashboard")
+    assert browser.find_element("id", "count-succeeded").text == "1"
+    assert browser.find_element("id", "count-failed").text == "1"
+    assert "can never work" in browser.find_element("id", "failures").text
+    shot = tmp_path / "dashboard.png"  # docs/dashboard.png is one of these
+    assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+
+    browser.get(f"{live_api}/dashboard/jobs")
+    assert ok["id"] in browser.find_element("id", "jobs").text
+    browser.get(f"{live_api}/dashboard/jobs/{ok['id']}")
+    assert '"hello": "dash"' in _text(browser)
+
+    # Retry the failed job from the overview: it runs again (and fails again: permanent).
+    browser.get(f"{live_api}/dashboard")
+    browser.find_element("css selector", f"button.retry[data-job='{bad['id']}']").click()
+    wait_for(lambda: "retry requested" in _text(browser), what="the retry confirmation")
+    assert bad["id"] in browser.current_url
+    wait_for(
+        lambda: len(httpx.get(f"{live_api}/jobs/{bad['id']}/attempts").json()) == 2,
+        what="the retried job to run again",
+    )
+    browser.get(f"{live_api}/dashboard/jobs/{bad['id']}")
+    assert len(browser.find_elements("css selector", "#attempts tr")) == 3  # header + 2
+
+
+def test_dashboard_escapes_hostile_payloads(api: Any) -> None:
+    job = api.post("/jobs", json={"task": "echo", "payload": {"x": "<script>alert(1)</script>"}})
+    page = api.get(f"/dashboard/jobs/{job.json()['id']}").text
+    assert "<script>alert(1)</script>" not in page and "&lt;script&gt;" in page
+    assert api.get("/dashboard/jobs?status=bogus&task=%27%22").status_code == 200
