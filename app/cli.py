@@ -40,6 +40,9 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from worker.runner import Worker
 
     runtime = build_runtime(settings, pool_size=settings.worker_concurrency + 2)
+    from app.observability import tracing
+
+    tracing.configure()
     if settings.metrics_port:
         from app.observability.metrics import serve_worker_metrics
 

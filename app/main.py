@@ -16,6 +16,7 @@ from app.jobs.service import JobService
 from app.limits import BodySizeLimit
 from app.logging_setup import configure_logging
 from app.observability import routes as ops_routes
+from app.observability import tracing
 from app.observability.metrics import CachedGaugeCollector
 from app.observability.routes import install_http_metrics
 from app.observability.stats import sampled_gauges
@@ -27,6 +28,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the API; connections open lazily and background threads start with the app."""
     settings = settings or get_settings()
     configure_logging(settings)
+    tracing.configure()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.db import translate_db_errors
 from app.errors import JobqError
 from app.jobs import store
+from app.observability import tracing
 from app.queue import Outgoing, SqsQueue
 from app.sqs_limits import MAX_BATCH
 
@@ -71,7 +72,8 @@ class Publisher:
 
     def _send(self, batch: list[Outgoing]) -> None:
         try:
-            confirmed = self._sqs.send_batch(batch)
+            with tracing.span("jobq.publish", batch[0].trace_id, messages=len(batch)):
+                confirmed = self._sqs.send_batch(batch)
             with translate_db_errors(), self._sessions.begin() as session:
                 store.mark_published(session, confirmed)
         except JobqError as exc:

@@ -114,3 +114,37 @@ def test_worker_metrics_and_json_logs_carry_the_trace_id(
     for line in about_job:
         assert line["trace_id"] == trace
         assert {"ts", "level", "event", "task", "attempt"} <= set(line)
+
+
+def test_opentelemetry_spans_follow_the_job_across_sqs(api: Any, worker_factory: Any) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from app.observability import tracing
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    assert tracing.configure(provider)
+    try:
+        worker_factory()
+        trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+        job = api.post(
+            "/jobs",
+            json={"task": "echo"},
+            headers={"traceparent": f"00-{trace}-00f067aa0ba902b7-01"},
+        ).json()
+        wait_for(
+            lambda: (
+                {"jobq.submit", "jobq.publish", "jobq.execute"}
+                <= {s.name for s in exporter.get_finished_spans()}
+            ),
+            what="submit, publish and execute spans",
+        )
+        spans = {s.name: s for s in exporter.get_finished_spans()}
+        for name in ("jobq.submit", "jobq.publish", "jobq.execute"):
+            assert format(spans[name].context.trace_id, "032x") == trace, name
+        assert spans["jobq.execute"].attributes["jobq.job_id"] == job["id"]
+    finally:
+        tracing.disable()

@@ -17,7 +17,7 @@ from app.db import translate_db_errors
 from app.errors import JobqError
 from app.jobs import transitions
 from app.jobs.states import FINAL, JobStatus
-from app.observability import metrics
+from app.observability import metrics, tracing
 from app.observability.context import trace_id_var
 from app.queue import Message
 from app.runtime import Runtime
@@ -188,8 +188,15 @@ class Worker:
             wait = (job.started_at - job.queued_at).total_seconds()
             metrics.QUEUE_WAIT.labels(job.task).observe(max(0.0, wait))
         began = time.perf_counter()
-        with metrics.IN_FLIGHT.track_inprogress():
+        with (
+            metrics.IN_FLIGHT.track_inprogress(),
+            tracing.span(
+                "jobq.execute", job.trace_id, job_id=job.job_id, task=job.task, attempt=job.attempt
+            ) as span,
+        ):
             outcome = self.executor.run(ctx, job.payload, job.timeout_seconds)
+            if span is not None and outcome.failure is not None:
+                span.set_attribute("jobq.error", outcome.failure.message)
         metrics.JOB_DURATION.labels(job.task).observe(time.perf_counter() - began)
         if self._stopped.is_set() and ctx.cancelled.is_set() and not outcome.ok:
             outcome = Outcome(failure=Failure(INTERRUPTED, True, "interrupted"))

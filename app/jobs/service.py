@@ -18,6 +18,7 @@ from app.jobs import commands, store
 from app.jobs.models import Job, JobAttempt
 from app.jobs.schemas import JobCreate, RedriveRequest
 from app.jobs.states import JobStatus
+from app.observability import tracing
 from app.observability.metrics import JOBS_CREATED
 from app.publisher import Publisher
 from app.queue import Outgoing
@@ -94,7 +95,11 @@ class JobService:
         """Commit the job (or find its idempotent original), then publish; (job, created)."""
         key = _key(header_key, req.idempotency_key)
         row = self.row_for(req, trace_id=trace_id, key=key)
-        with translate_db_errors(), self._sessions.begin() as session:
+        with (
+            tracing.span("jobq.submit", trace_id, task=req.task, job_id=row["id"]),
+            translate_db_errors(),
+            self._sessions.begin() as session,
+        ):
             job, created = self._insert_one(session, row)
         if created:
             self._publish([job])
