@@ -34,6 +34,7 @@ class Settings(BaseSettings):
     # Jobs.
     max_attempts: int = Field(3, ge=1, le=1000)
     max_payload_bytes: int = Field(256 * 1024, ge=1024)
+    max_payload_depth: int = Field(32, ge=1, le=1000)
     task_modules: str = ""
     task_timeout_seconds: float = Field(15 * 60, gt=0)
     idempotency_ttl: int = Field(24 * 3600, ge=60)  # seconds a key keeps answering

@@ -54,10 +54,14 @@ async def _jobq(request: Request, exc: JobqError) -> JSONResponse:
 
 
 async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
-        exc.status_code, "http_error"
-    )
-    field = "body" if exc.status_code == 413 else None
+    code = {
+        400: "bad_request",
+        404: "not_found",
+        405: "method_not_allowed",
+        413: "payload_too_large",
+    }.get(exc.status_code, "http_error")
+    # 400 comes from FastAPI when the body cannot be parsed at all (e.g. nested too deep).
+    field = "body" if exc.status_code in (400, 413) else None
     return error_response(exc.status_code, code, str(exc.detail), field)
 
 

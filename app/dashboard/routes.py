@@ -53,6 +53,8 @@ def job_list(
 ) -> HTMLResponse:
     """Newest jobs first, filtered by status and task."""
     chosen = JobStatus(status) if status in {s.value for s in JobStatus} else None
+    # Browser input: drop what PostgreSQL could not compare rather than fail the page.
+    task = task.replace("\x00", "") if task else None
     items, next_cursor = _jobs(request).find(
         status=chosen, task=task or None, limit=50, cursor=cursor or None
     )

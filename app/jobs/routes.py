@@ -25,6 +25,7 @@ from app.jobs.schemas import (
 from app.jobs.service import JobService
 from app.jobs.states import JobStatus
 from app.tracing import current_trace_id
+from app.validation import SafeStr
 
 router = APIRouter(tags=["jobs"])
 
@@ -82,12 +83,12 @@ def submit_batch(body: JobBatchCreate, request: Request) -> BatchResult:
 def list_jobs(
     request: Request,
     status: JobStatus | None = None,
-    task: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+    task: Annotated[SafeStr | None, Query(min_length=1, max_length=200)] = None,
     created_after: AwareDatetime | None = None,
     created_before: AwareDatetime | None = None,
-    idempotency_key: Annotated[str | None, Query(min_length=1, max_length=255)] = None,
+    idempotency_key: Annotated[SafeStr | None, Query(min_length=1, max_length=255)] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT)] = 50,
-    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    cursor: Annotated[SafeStr | None, Query(max_length=512)] = None,
 ) -> JobList:
     """Jobs newest first, filtered, one page at a time (pass next_cursor back as cursor)."""
     items, next_cursor = _service(request).find(

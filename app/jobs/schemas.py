@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from app.jobs.states import JobStatus
+from app.validation import SafeStr
 
 MAX_LIST_LIMIT = 500
 MAX_DELAY_SECONDS = 366 * 24 * 3600
@@ -28,9 +29,9 @@ class JobCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    task: str = Field(min_length=1, max_length=200, examples=["echo"])
+    task: SafeStr = Field(min_length=1, max_length=200, examples=["echo"])
     payload: dict[str, Any] = Field(default_factory=dict, examples=[{"hello": "world"}])
-    idempotency_key: str | None = Field(None, min_length=1, max_length=255)
+    idempotency_key: SafeStr | None = Field(None, min_length=1, max_length=255)
     delay_seconds: int | None = Field(None, ge=0, le=MAX_DELAY_SECONDS)
     run_at: AwareDatetime | None = None
     priority: Priority = "default"
@@ -52,7 +53,7 @@ class RedriveRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    task: str | None = Field(None, min_length=1, max_length=200)
+    task: SafeStr | None = Field(None, min_length=1, max_length=200)
     failed_after: AwareDatetime | None = None
     failed_before: AwareDatetime | None = None
     dead_lettered_only: bool = False

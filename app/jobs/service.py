@@ -24,6 +24,7 @@ from app.publisher import Publisher
 from app.queue import Outgoing
 from app.sqs_limits import MAX_DELAY_SECONDS
 from app.tasks.registry import Registry
+from app.validation import check_payload
 
 log = logging.getLogger("jobq.jobs")
 
@@ -54,6 +55,7 @@ class JobService:
     def row_for(self, req: JobCreate, *, trace_id: str | None, key: str | None) -> dict[str, Any]:
         """Validate one request and build its row (raises InvalidInput naming the field)."""
         spec = self._registry.get(req.task)
+        check_payload(req.payload, max_depth=self._settings.max_payload_depth)
         self._registry.validate_payload(req.task, req.payload)
         if req.max_attempts is not None and req.max_attempts > self._settings.max_attempts:
             raise InvalidInput(
