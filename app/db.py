@@ -7,10 +7,10 @@ from contextlib import contextmanager
 
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
-from app.errors import DatabaseUnavailable, JobqError
+from app.errors import DatabaseUnavailable, InvalidInput, JobqError
 
 
 class Base(DeclarativeBase):
@@ -66,6 +66,9 @@ def translate_db_errors() -> Iterator[None]:
         yield
     except OperationalError as exc:
         raise DatabaseUnavailable("database unavailable: " + _first_line(exc)) from exc
+    except DataError as exc:
+        # PostgreSQL refused a value (SQLSTATE class 22): bad input, never a server error.
+        raise InvalidInput("a value is out of range or malformed: " + _first_line(exc)) from exc
     except DBAPIError as exc:
         if exc.connection_invalidated:
             raise DatabaseUnavailable("database connection lost") from exc

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -16,13 +17,20 @@ log = logging.getLogger("jobq.api")
 
 
 def error_response(
-    status: int, code: str, message: str, field: str | None = None, **extra: Any
+    status: int,
+    code: str,
+    message: str,
+    field: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    **extra: Any,
 ) -> JSONResponse:
     """A JSON error body: {"error": {"code", "message", "field"}}."""
     body: dict[str, Any] = {"error": {"code": code, "message": message, "field": field}}
     body.update(extra)
-    headers = {"Retry-After": "5"} if status == 503 else None
-    return JSONResponse(body, status_code=status, headers=headers)
+    headers = dict(headers or {})
+    if status == 503:
+        headers.setdefault("Retry-After", "5")
+    return JSONResponse(body, status_code=status, headers=headers or None)
 
 
 def _field_path(loc: Any) -> str:
@@ -62,7 +70,8 @@ async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     }.get(exc.status_code, "http_error")
     # 400 comes from FastAPI when the body cannot be parsed at all (e.g. nested too deep).
     field = "body" if exc.status_code in (400, 413) else None
-    return error_response(exc.status_code, code, str(exc.detail), field)
+    # Keep the exception's headers (405 carries Allow, as RFC 9110 requires).
+    return error_response(exc.status_code, code, str(exc.detail), field, headers=exc.headers)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, AwareDatetime
 
 from app.errors import InvalidInput
 
@@ -18,6 +19,17 @@ def _no_nul(value: str) -> str:
 
 # A string PostgreSQL can store: text columns reject NUL bytes.
 SafeStr = Annotated[str, AfterValidator(_no_nul)]
+
+
+def _to_utc(value: datetime) -> datetime:
+    try:
+        return value.astimezone(UTC)
+    except OverflowError as exc:
+        raise ValueError("is out of range once converted to UTC") from exc
+
+
+# A timestamp with a timezone, normalised to UTC (PostgreSQL rejects offsets beyond ±16 h).
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_to_utc)]
 
 
 def check_payload(payload: Any, *, max_depth: int) -> None:

@@ -6,7 +6,6 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
-from pydantic import AwareDatetime
 
 from app.jobs.schemas import (
     MAX_LIST_LIMIT,
@@ -25,12 +24,12 @@ from app.jobs.schemas import (
 from app.jobs.service import JobService
 from app.jobs.states import JobStatus
 from app.tracing import current_trace_id
-from app.validation import SafeStr
+from app.validation import SafeStr, UtcDatetime
 
 router = APIRouter(tags=["jobs"])
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (404, 409, 413, 422, 503)
+    code: {"model": ErrorBody} for code in (400, 404, 409, 413, 422, 503)
 }
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key", max_length=255)]
 
@@ -84,8 +83,8 @@ def list_jobs(
     request: Request,
     status: JobStatus | None = None,
     task: Annotated[SafeStr | None, Query(min_length=1, max_length=200)] = None,
-    created_after: AwareDatetime | None = None,
-    created_before: AwareDatetime | None = None,
+    created_after: UtcDatetime | None = None,
+    created_before: UtcDatetime | None = None,
     idempotency_key: Annotated[SafeStr | None, Query(min_length=1, max_length=255)] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIST_LIMIT)] = 50,
     cursor: Annotated[SafeStr | None, Query(max_length=512)] = None,

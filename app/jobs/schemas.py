@@ -6,10 +6,10 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.jobs.states import JobStatus
-from app.validation import SafeStr
+from app.validation import SafeStr, UtcDatetime
 
 MAX_LIST_LIMIT = 500
 MAX_DELAY_SECONDS = 366 * 24 * 3600
@@ -33,7 +33,7 @@ class JobCreate(BaseModel):
     payload: dict[str, Any] = Field(default_factory=dict, examples=[{"hello": "world"}])
     idempotency_key: SafeStr | None = Field(None, min_length=1, max_length=255)
     delay_seconds: int | None = Field(None, ge=0, le=MAX_DELAY_SECONDS)
-    run_at: AwareDatetime | None = None
+    run_at: UtcDatetime | None = None
     priority: Priority = "default"
     max_attempts: int | None = Field(None, ge=1, le=1000)
     timeout_seconds: float | None = Field(None, gt=0, le=12 * 3600)
@@ -54,8 +54,8 @@ class RedriveRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     task: SafeStr | None = Field(None, min_length=1, max_length=200)
-    failed_after: AwareDatetime | None = None
-    failed_before: AwareDatetime | None = None
+    failed_after: UtcDatetime | None = None
+    failed_before: UtcDatetime | None = None
     dead_lettered_only: bool = False
     limit: int = Field(1000, ge=1, le=10_000)
 
