@@ -56,9 +56,11 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     """Apply database migrations up to head."""
+    from app.db import translate_db_errors
     from app.migrate import upgrade
 
-    upgrade(settings.database_url, args.revision)
+    with translate_db_errors():
+        upgrade(settings.database_url, args.revision)
     log.info("database migrated to %s: %s", args.revision, masked_url(settings.database_url))
     return 0
 
@@ -114,6 +116,13 @@ def cmd_dlq(settings: Settings, args: argparse.Namespace) -> int:
     return cli_dlq.run(settings, args)
 
 
+def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
+    """Manage API keys."""
+    from app import cli_keys
+
+    return cli_keys.run(settings, args)
+
+
 def cmd_client(settings: Settings, args: argparse.Namespace) -> int:
     """Talk to a running API."""
     from app import cli_client
@@ -136,6 +145,7 @@ COMMANDS: dict[str, tuple[Callable[[Settings, argparse.Namespace], int], str]] =
     "dlq-consumer": (cmd_dlq_consumer, "mark dead-lettered jobs failed and drain the DLQ"),
     "dlq": (cmd_dlq, "list failed jobs or redrive them: dlq list|redrive [--task ...]"),
     "dev": (cmd_dev, "run everything locally on embedded PostgreSQL and SQS"),
+    "keys": (cmd_keys, "API keys: keys create NAME [--scope read|submit] | list | revoke NAME"),
     "submit": (cmd_client, "submit a job through the API: submit TASK --payload JSON [--wait]"),
     "status": (cmd_client, "show one job: status ID"),
     "list": (cmd_client, "list jobs: list [--status S] [--task T] [--limit N]"),
@@ -155,6 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
             from app import cli_dlq
 
             cli_dlq.add_arguments(p)
+        elif name == "keys":
+            from app import cli_keys
+
+            cli_keys.add_arguments(p)
         elif handler is cmd_client:
             from app import cli_client
 
@@ -172,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "dev" and "JOBQ_LOG_FORMAT" not in os.environ:
         settings = settings.model_copy(update={"log_format": "console"})
-    if args.command in ("dlq", "submit", "status", "list", "stats") and (
+    if args.command in ("dlq", "keys", "submit", "status", "list", "stats") and (
         "JOBQ_LOG_LEVEL" not in os.environ
     ):
         settings = settings.model_copy(update={"log_level": "WARNING"})  # keep stdout for output

@@ -26,6 +26,8 @@ def _call(settings: Settings, method: str, path: str, body: Any = None) -> Any:
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, method=method)
     req.add_header("content-type", "application/json")
+    if settings.api_key:
+        req.add_header("authorization", f"Bearer {settings.api_key}")
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310 - configured URL
             return json.loads(resp.read() or b"null")

@@ -60,9 +60,24 @@ class Settings(BaseSettings):
     dispatch_interval_seconds: float = Field(1.0, gt=0)
     max_delay_seconds: int = Field(MAX_DELAY_SECONDS, ge=0, le=MAX_DELAY_SECONDS)
 
+    # Security.
+    auth: str = "required"  # "disabled" turns API keys off (make dev does)
+    api_keys: str = ""  # comma-separated [name:]read|submit:KEY
+    api_key: str = ""  # the key the jobq client commands send
+    keys_reload_seconds: float = Field(10.0, gt=0)
+    submit_rate: float = Field(200.0, ge=0)  # POSTs per second per key (or client); 0 = off
+    submit_burst: int = Field(400, ge=1)
+
     # Logging.
     log_level: str = "INFO"
     log_format: str = "json"
+
+    @field_validator("auth")
+    @classmethod
+    def _known_auth(cls, value: str) -> str:
+        if value not in ("required", "disabled"):
+            raise ValueError("must be 'required' or 'disabled'")
+        return value
 
     @field_validator("log_format")
     @classmethod

@@ -31,6 +31,12 @@ def _banner(env: dict[str, str], settings: Settings, embedded: list[str]) -> str
         f"  database  {masked_url(env['DATABASE_URL'])}",
         f"  SQS       {env.get('SQS_ENDPOINT_URL') or 'AWS'}  queue {env['SQS_QUEUE_URL']}",
         f"  embedded  {', '.join(embedded) or 'nothing (using the configured services)'}",
+        "  auth      "
+        + (
+            "OFF (JOBQ_AUTH=disabled): anyone who can reach the port may submit jobs"
+            if env.get("JOBQ_AUTH") == "disabled"
+            else "API keys required (JOBQ_API_KEYS / jobq keys)"
+        ),
         f"  try:      curl -s -XPOST {api}/jobs -H 'content-type: application/json' "
         '-d \'{"task":"echo","payload":{"hi":1}}\'',
         "",
@@ -76,6 +82,9 @@ def _prepare(
             SQS_DLQ_URL=dlq,
         )
     env.setdefault("JOBQ_LOG_FORMAT", "console")
+    # Local development: no API keys unless asked for (the banner says so).
+    if not env.get("JOBQ_API_KEYS"):
+        env.setdefault("JOBQ_AUTH", "disabled")
     # Shorter long polls make Ctrl-C quick: the worker waits for its last poll to return.
     env.setdefault("JOBQ_SQS_WAIT_SECONDS", "5")
     return env, embedded

@@ -8,8 +8,11 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app import health
+from app.auth.keys import KeySet, parse_env_keys
+from app.auth.middleware import RateLimiter, install_auth
 from app.config import Settings, get_settings
 from app.dashboard import routes as dashboard_routes
+from app.errors import JobqError
 from app.http_errors import install_error_handlers
 from app.jobs import routes as job_routes
 from app.jobs.service import JobService
@@ -48,6 +51,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.sampled_metrics = CachedGaugeCollector(
             lambda: sampled_gauges(runtime.sqs, runtime.sessions), ttl=10.0
         )
+        app.state.keys = KeySet(
+            parse_env_keys(settings.api_keys), runtime.sessions, settings.keys_reload_seconds
+        )
+        if settings.auth == "required" and app.state.keys.count() == 0:
+            runtime.close()
+            raise JobqError(
+                "no API keys: set JOBQ_API_KEYS or run `jobq keys create NAME`, "
+                "or set JOBQ_AUTH=disabled explicitly",
+                field="JOBQ_API_KEYS",
+            )
         publisher.start()
         if settings.dispatcher:
             dispatcher.start()
@@ -66,6 +79,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_payload_bytes)
+    limiter = (
+        RateLimiter(settings.submit_rate, settings.submit_burst) if settings.submit_rate else None
+    )
+    install_auth(app, enabled=settings.auth == "required", limiter=limiter)
     install_http_metrics(app)
     app.include_router(health.router)
     app.include_router(ops_routes.router)

@@ -96,7 +96,7 @@ def db(database_url: str) -> Iterator[Any]:
     """A psycopg2 connection (autocommit) to the test database, emptied before the test."""
     conn = _admin_connect(database_url)
     with conn.cursor() as cur:
-        cur.execute("TRUNCATE jobs, job_attempts, test_executions")
+        cur.execute("TRUNCATE jobs, job_attempts, test_executions, api_keys")
     yield conn
     conn.close()
 
@@ -116,6 +116,7 @@ def make_settings(database_url: str, endpoint: str, **overrides: Any) -> Setting
         dispatch_interval_seconds=0.2,
         shutdown_grace_seconds=10,
         log_format="console",
+        auth="disabled",  # tests/test_security.py turns it on
     )
     settings = base.model_copy(update=overrides)
     if settings.sqs_queue_url == "placeholder":

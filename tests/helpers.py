@@ -50,6 +50,8 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
         JOBQ_TASK_MODULES=settings.task_modules,
         JOBQ_LOG_FORMAT="json",
         JOBQ_METRICS_PORT="0",
+        JOBQ_AUTH=settings.auth,
+        JOBQ_API_KEYS=settings.api_keys,
         PYTHONPATH=str(ROOT),
     )
     env.update(extra)

@@ -7,8 +7,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
+from app.auth import models as auth_models  # noqa: F401 - registers tables
 from app.db import Base, normalize_url
-from app.jobs import models  # noqa: F401 - registers tables
+from app.jobs import models  # noqa: F401
 from app.migrate import alembic_config, upgrade
 from tests.conftest import create_database, drop_database
 
@@ -21,7 +22,7 @@ def test_upgrade_head_on_empty_database_matches_models(server_url: str) -> None:
         with engine.connect() as conn:
             diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
             assert diff == [], f"models and migrations disagree: {diff}"
-            assert {"jobs", "job_attempts", "alembic_version"} <= set(
+            assert {"jobs", "job_attempts", "api_keys", "alembic_version"} <= set(
                 inspect(conn).get_table_names()
             )
         command.check(alembic_config(url))  # alembic's own "no pending changes" check

@@ -1,0 +1,1 @@
+"""API keys: hashed at rest, compared in constant time, scoped read-only or submit."""
