@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: dev test lint fmt install api worker clean
+.PHONY: dev test lint fmt install audit clean
 
 $(BIN)/python:
 	@test -n "$(PYTHON)" || { echo "Python 3.11+ is required"; exit 1; }
@@ -40,6 +40,12 @@ lint: install
 	$(BIN)/ruff check app worker tests migrations
 	$(BIN)/ruff format --check app worker tests migrations
 	$(BIN)/mypy app worker
+
+# Known-vulnerability check of the installed dependency set (needs PyPI's JSON API).
+audit: install
+	$(TOOLS)/bin/python -m pip install --quiet pip-audit
+	$(BIN)/python -m pip freeze --exclude-editable > $(VENV)/requirements.lock
+	$(TOOLS)/bin/pip-audit --strict --disable-pip --no-deps -r $(VENV)/requirements.lock
 
 fmt: install
 	$(BIN)/ruff format app worker tests migrations
