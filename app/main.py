@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -12,7 +13,7 @@ from app.auth.keys import KeySet, parse_env_keys
 from app.auth.middleware import RateLimiter, install_auth
 from app.config import Settings, get_settings
 from app.dashboard import routes as dashboard_routes
-from app.errors import JobqError
+from app.errors import DatabaseUnavailable, JobqError
 from app.http_errors import install_error_handlers
 from app.jobs import routes as job_routes
 from app.jobs.service import JobService
@@ -24,7 +25,28 @@ from app.observability.metrics import CachedGaugeCollector
 from app.observability.routes import install_http_metrics
 from app.observability.stats import sampled_gauges
 from app.publisher import Dispatcher, Publisher
-from app.runtime import build_runtime
+from app.runtime import Runtime, build_runtime
+
+log = logging.getLogger("jobq.api")
+
+
+def require_some_key(keys: KeySet, runtime: Runtime) -> None:
+    """Refuse to start an API nobody could call, or anybody could: keys or explicit opt-out."""
+    if keys.has_env_keys:
+        return
+    try:
+        if keys.table_count() > 0:
+            return
+    except DatabaseUnavailable:
+        # Cannot tell yet; requests are refused (401) until the keys table can be read.
+        log.warning("PostgreSQL unreachable at start-up; API keys load once it is back")
+        return
+    runtime.close()
+    raise JobqError(
+        "no API keys: set JOBQ_API_KEYS or run `jobq keys create NAME`, "
+        "or set JOBQ_AUTH=disabled explicitly",
+        field="JOBQ_API_KEYS",
+    )
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -54,13 +76,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.keys = KeySet(
             parse_env_keys(settings.api_keys), runtime.sessions, settings.keys_reload_seconds
         )
-        if settings.auth == "required" and app.state.keys.count() == 0:
-            runtime.close()
-            raise JobqError(
-                "no API keys: set JOBQ_API_KEYS or run `jobq keys create NAME`, "
-                "or set JOBQ_AUTH=disabled explicitly",
-                field="JOBQ_API_KEYS",
-            )
+        if settings.auth == "required":
+            require_some_key(app.state.keys, runtime)
         publisher.start()
         if settings.dispatcher:
             dispatcher.start()

@@ -41,7 +41,7 @@ DOCKERFILES = {"api": ROOT / "Dockerfile.api", "worker": ROOT / "Dockerfile.work
 
 # The console script's subcommands that deployment files may run. Kept in step with app/cli.py by
 # test_deployed_subcommands_exist_in_build_parser.
-KNOWN_SUBCOMMANDS = {"api", "worker", "migrate", "dispatcher", "dlq-consumer", "dev"}
+KNOWN_SUBCOMMANDS = {"api", "worker", "migrate", "dispatcher", "dlq-consumer", "dev", "keys"}
 
 MAIN_QUEUES = ("HighQueue", "DefaultQueue", "LowQueue")
 MIN_REASON_CHARS = 30
@@ -369,6 +369,11 @@ def test_compose_services_and_start_order(compose: dict[str, Any]) -> None:
     assert condition("worker", "elasticmq") == "service_healthy"
     assert any(str(p).endswith("8000:8000") for p in services["api"]["ports"])
 
+    # Local compose runs without API keys unless the caller exports JOBQ_AUTH / JOBQ_API_KEYS.
+    api_env = services["api"]["environment"]
+    assert api_env["JOBQ_AUTH"] == "${JOBQ_AUTH:-disabled}"
+    assert api_env["JOBQ_API_KEYS"] == "${JOBQ_API_KEYS:-}"
+
     # Every service_healthy dependency has a healthcheck to wait for (images we build carry theirs).
     for name, service in services.items():
         for dep, spec in (service.get("depends_on") or {}).items():
@@ -573,15 +578,41 @@ def test_template_wiring(template: dict[str, Any]) -> None:
         assert props["RequiresCompatibilities"] == ["FARGATE"]
         assert props["ExecutionRoleArn"] != props["TaskRoleArn"]
         container = props["ContainerDefinitions"][0]
-        assert not any(e["Name"] == "DATABASE_URL" for e in container["Environment"])
-        assert [s["Name"] for s in container["Secrets"]] == ["DATABASE_URL"]
+        names = {e["Name"] for e in container["Environment"]}
+        assert not names & {"DATABASE_URL", "JOBQ_API_KEYS"}, f"{td}: secrets in plain environment"
+        assert container["Secrets"][0]["Name"] == "DATABASE_URL"
         for var in ("SQS_QUEUE_URL", "SQS_HIGH_QUEUE_URL", "SQS_LOW_QUEUE_URL", "SQS_DLQ_URL"):
-            assert var in {e["Name"] for e in container["Environment"]}, f"{td}: {var}"
+            assert var in names, f"{td}: {var}"
+
+    # API keys: the API requires them explicitly and gets JOBQ_API_KEYS from ApiKeysSecretArn only
+    # when that parameter is set (otherwise it uses the keys created with `jobq keys create`).
+    assert params["ApiKeysSecretArn"]["Default"] == ""
+    assert re.fullmatch(params["ApiKeysSecretArn"]["AllowedPattern"], "")
+    assert template["Conditions"]["HasApiKeysSecret"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "ApiKeysSecretArn"}, ""]}]
+    }
+    api_container = resources["ApiTaskDefinition"]["Properties"]["ContainerDefinitions"][0]
+    api_env = {e["Name"]: e["Value"] for e in api_container["Environment"]}
+    assert api_env["JOBQ_AUTH"] == "required"
+    assert api_container["Secrets"][1:] == [
+        {
+            "Fn::If": [
+                "HasApiKeysSecret",
+                {"Name": "JOBQ_API_KEYS", "ValueFrom": {"Ref": "ApiKeysSecretArn"}},
+                {"Ref": "AWS::NoValue"},
+            ]
+        }
+    ]
+    # The worker and the migration task never see the API keys (nor the parameter at all).
+    for td in ("WorkerTaskDefinition", "MigrateTaskDefinition"):
+        container = resources[td]["Properties"]["ContainerDefinitions"][0]
+        assert [s["Name"] for s in container["Secrets"]] == ["DATABASE_URL"], td
+        assert "ApiKeysSecretArn" not in set(referenced_names(resources[td])), td
+        assert not {"JOBQ_AUTH", "JOBQ_API_KEYS"} & {e["Name"] for e in container["Environment"]}
 
     migrate = resources["MigrateTaskDefinition"]["Properties"]
     assert "TaskRoleArn" not in migrate, "the migration task needs no AWS API access"
     assert migrate["ContainerDefinitions"][0]["Command"] == ["jobq", "migrate"]
-    assert [s["Name"] for s in migrate["ContainerDefinitions"][0]["Secrets"]] == ["DATABASE_URL"]
 
     tg = resources["ApiTargetGroup"]["Properties"]
     assert tg["HealthCheckPath"] == "/readyz" and tg["Port"] == 8000
@@ -678,8 +709,29 @@ def test_iam_least_privilege(template: dict[str, Any]) -> None:
         assert worker[action] == {*MAIN_QUEUES, "DeadLetterQueue"}
 
     execution = grants("TaskExecutionRole")
-    assert execution["secretsmanager:GetSecretValue"] == {"DatabaseSecretArn"}
+    assert execution["secretsmanager:GetSecretValue"] == {"DatabaseSecretArn", "ApiKeysSecretArn"}
     assert set(execution) <= {"secretsmanager:GetSecretValue", "kms:Decrypt"}
+    # The API keys secret is readable only when ApiKeysSecretArn is set, and only that exact ARN.
+    (keys_statement,) = [
+        statement
+        for policy in template["Resources"]["TaskExecutionRole"]["Properties"]["Policies"]
+        for statement in policy["PolicyDocument"]["Statement"]
+        if "ApiKeysSecretArn" in set(referenced_names(statement))
+    ]
+    assert keys_statement == {
+        "Fn::If": [
+            "HasApiKeysSecret",
+            {
+                "Effect": "Allow",
+                "Action": "secretsmanager:GetSecretValue",
+                "Resource": {"Ref": "ApiKeysSecretArn"},
+            },
+            {"Ref": "AWS::NoValue"},
+        ]
+    }
+    # No task role (what the containers' code runs as) may read any secret.
+    for role in ("ApiTaskRole", "WorkerTaskRole"):
+        assert not any(action.startswith("secretsmanager:") for action in grants(role)), role
 
 
 def test_security_groups(template: dict[str, Any]) -> None:

@@ -175,3 +175,16 @@ def test_database_password_is_masked(settings: Any) -> None:
     )
     assert failed.returncode != 0
     assert "s3cr3t-pw" not in failed.stdout + failed.stderr
+
+
+def test_starts_while_postgres_is_down_and_fails_closed(settings: Any) -> None:
+    down = {"database_url": "postgresql://nobody@127.0.0.1:1/none", "dispatcher": False}
+    with_env = settings.model_copy(
+        update={**down, "auth": "required", "api_keys": f"ci:submit:{SUBMIT_KEY}"}
+    )
+    with TestClient(create_app(with_env)) as client:
+        assert client.get("/readyz").status_code == 503
+        assert client.get("/jobs", headers=_auth(SUBMIT_KEY)).status_code == 503
+    table_only = settings.model_copy(update={**down, "auth": "required", "api_keys": ""})
+    with TestClient(create_app(table_only)) as client:
+        assert client.get("/jobs", headers=_auth(SUBMIT_KEY)).status_code == 401

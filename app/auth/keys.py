@@ -6,6 +6,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import logging
 import secrets
 import threading
 import time
@@ -17,8 +18,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.auth.models import ApiKey
 from app.db import translate_db_errors
-from app.errors import Conflict, InvalidInput, NotFound
+from app.errors import Conflict, DatabaseUnavailable, InvalidInput, NotFound
 
+log = logging.getLogger("jobq.auth")
 SCOPES = ("read", "submit")
 KEY_PREFIX = "jq_"
 
@@ -97,13 +99,22 @@ class KeySet:
     def _current(self) -> dict[str, Principal]:
         with self._lock:
             if time.monotonic() - self._loaded_at > self._ttl:
-                self._table = active_keys(self._sessions)
+                try:
+                    self._table = active_keys(self._sessions)
+                except DatabaseUnavailable as exc:
+                    # Keep the last good snapshot (none at first: fail closed) and retry later.
+                    log.warning("could not reload API keys: %s", exc)
                 self._loaded_at = time.monotonic()
             return {**self._table, **self._env}
 
-    def count(self) -> int:
-        """How many keys are active now."""
-        return len(self._current())
+    @property
+    def has_env_keys(self) -> bool:
+        """True when JOBQ_API_KEYS configured at least one key."""
+        return bool(self._env)
+
+    def table_count(self) -> int:
+        """Active keys in the table right now (raises if PostgreSQL is unreachable)."""
+        return len(active_keys(self._sessions))
 
     def lookup(self, key: str) -> Principal | None:
         """The principal for a presented key, comparing every stored hash in constant time."""
