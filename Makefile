@@ -31,8 +31,11 @@ install: $(STAMP) $(TOOLS_STAMP)
 dev: install
 	$(BIN)/jobq dev
 
+# Lint and types first (seconds), then the suite.
 # pytest exits 5 when it collected nothing: that is a failure, not a pass.
 test: install
+	$(BIN)/ruff check app worker tests migrations
+	$(BIN)/mypy app worker
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: no tests were collected - failing"; fi; exit $$rc
 

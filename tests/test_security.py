@@ -104,21 +104,18 @@ def test_table_keys_create_use_revoke(settings: Any, database_url: str) -> None:
             lambda: client.get("/jobs", headers=_auth(key)).status_code == 401,
             what="the revoked key to stop working",
         )
-    with pytest.raises(JobqError, match="no API keys"):
-        with TestClient(create_app(s)):
-            pass
+    with pytest.raises(JobqError, match="no API keys"), TestClient(create_app(s)):
+        pass
     assert jobq("revoke", "nobody").returncode == 1
 
 
 def test_production_refuses_to_start_without_keys(settings: Any) -> None:
     s = settings.model_copy(update={"auth": "required", "api_keys": ""})
-    with pytest.raises(JobqError, match="JOBQ_AUTH=disabled"):
-        with TestClient(create_app(s)):
-            pass
+    with pytest.raises(JobqError, match="JOBQ_AUTH=disabled"), TestClient(create_app(s)):
+        pass
     weak = settings.model_copy(update={"auth": "required", "api_keys": "submit:short"})
-    with pytest.raises(JobqError, match="16"):
-        with TestClient(create_app(weak)):
-            pass
+    with pytest.raises(JobqError, match="16"), TestClient(create_app(weak)):
+        pass
 
 
 def test_submit_rate_limit_per_key_gives_429_with_retry_after(settings: Any) -> None:
