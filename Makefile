@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: dev test lint fmt install audit clean
+.PHONY: dev test lint fmt install audit drills clean
 
 $(BIN)/python:
 	@test -n "$(PYTHON)" || { echo "Python 3.11+ is required"; exit 1; }
@@ -38,6 +38,13 @@ test: install
 	$(BIN)/mypy app worker
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: no tests were collected - failing"; fi; exit $$rc
+
+# Fault drills at full size (make test runs them small); appends to bench/results/drills.jsonl.
+drills: install
+	@mkdir -p bench/results
+	JOBQ_DRILL_JOBS=$${JOBQ_DRILL_JOBS:-2000} JOBQ_DRILL_OUTAGE_SECONDS=$${JOBQ_DRILL_OUTAGE_SECONDS:-10} \
+	JOBQ_DRILL_REPORT=bench/results/drills.jsonl \
+	$(BIN)/python -m pytest tests/test_drills.py -m drill -q -s -p no:cacheprovider
 
 lint: install
 	$(BIN)/ruff check app worker tests migrations

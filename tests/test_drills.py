@@ -1,0 +1,252 @@
+"""Fault drills: a stream of jobs whose handler records every execution, under faults.
+
+Each drill checks that every accepted job reached a final state (none lost) and that no job ran
+in two places at once; duplicate executions are counted (allowed only as the documented
+at-least-once consequence of killing a worker mid-job). `make test` runs them small;
+`make drills` runs them at full size (JOBQ_DRILL_JOBS, JOBQ_DRILL_OUTAGE_SECONDS) and prints
+the report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import pytest
+from fastapi.testclient import TestClient
+
+from app.devstack import SqsServer, start_postgres
+from app.main import create_app
+from app.migrate import upgrade
+from tests.conftest import create_database, make_settings
+from tests.helpers import start_worker_process, wait_for
+from tests.tasks import EXECUTIONS_DDL
+
+JOBS = int(os.environ.get("JOBQ_DRILL_JOBS", "120"))
+OUTAGE = float(os.environ.get("JOBQ_DRILL_OUTAGE_SECONDS", "3"))
+REPORT = os.environ.get("JOBQ_DRILL_REPORT")  # a JSON file to append results to
+pytestmark = pytest.mark.drill
+
+
+@dataclass
+class DrillReport:
+    """What a drill observed."""
+
+    drill: str
+    accepted: int
+    succeeded: int
+    failed: int
+    lost: int
+    duplicate_executions: int
+    concurrent_executions: int
+    seconds: float
+
+
+def _report(conn: Any, drill: str, accepted: set[str], started: float) -> DrillReport:
+    with conn.cursor() as cur:
+        cur.execute("SELECT id::text, status FROM jobs")
+        status = dict(cur.fetchall())
+        cur.execute(
+            "SELECT job_id::text, count(*) - 1 FROM test_executions GROUP BY 1 HAVING count(*) > 1"
+        )
+        duplicates = sum(n for _, n in cur.fetchall())
+        # Two finished executions of one job whose intervals overlap ran concurrently.
+        cur.execute(
+            """SELECT count(*) FROM test_executions a JOIN test_executions b
+               ON a.job_id = b.job_id AND a.id < b.id
+               WHERE a.finished_at IS NOT NULL AND b.finished_at IS NOT NULL
+                 AND a.started_at < b.finished_at AND b.started_at < a.finished_at"""
+        )
+        concurrent = cur.fetchone()[0]
+    final = {"succeeded", "failed", "cancelled"}
+    result = DrillReport(
+        drill=drill,
+        accepted=len(accepted),
+        succeeded=sum(status.get(j) == "succeeded" for j in accepted),
+        failed=sum(status.get(j) == "failed" for j in accepted),
+        lost=sum(status.get(j) not in final for j in accepted),
+        duplicate_executions=duplicates,
+        concurrent_executions=concurrent,
+        seconds=round(time.monotonic() - started, 1),
+    )
+    print(f"\nDRILL {json.dumps(asdict(result))}")
+    if REPORT:
+        with open(REPORT, "a") as fh:
+            fh.write(json.dumps(asdict(result)) + "\n")
+    return result
+
+
+def _all_final(conn: Any, accepted: set[str]) -> bool:
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT count(*) FROM jobs WHERE id::text = ANY(%s)"
+            " AND status IN ('succeeded', 'failed', 'cancelled')",
+            (list(accepted),),
+        )
+        return bool(cur.fetchone()[0] == len(accepted))
+
+
+def _submit_batch(api: Any, n: int, sleep: float = 0.05) -> set[str]:
+    ids: set[str] = set()
+    for start in range(0, n, 100):
+        jobs = [{"task": "record", "payload": {"sleep": sleep}}] * min(100, n - start)
+        body = api.post("/jobs/batch", json={"jobs": jobs}).json()
+        ids |= {item["job"]["id"] for item in body["items"]}
+    return ids
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Any:
+    """Start worker processes; all are stopped at teardown."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(settings: Any) -> subprocess.Popen[bytes]:
+        proc = start_worker_process(settings, tmp_path / f"w{len(procs)}.log")
+        procs.append(proc)
+        return proc
+
+    start.procs = procs  # type: ignore[attr-defined]
+    yield start
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait(10)
+
+
+def test_drill_sigkill_workers_repeatedly(
+    database_url: str, sqs_endpoint: str, db: Any, workers: Any
+) -> None:
+    settings = make_settings(
+        database_url, sqs_endpoint, visibility_timeout_seconds=5, heartbeat_seconds=1.0
+    )
+    live = [workers(settings) for _ in range(3)]
+    started = time.monotonic()
+    with TestClient(create_app(settings)) as api:
+        accepted = _submit_batch(api, JOBS, sleep=0.25)
+        deadline = time.monotonic() + 120 + JOBS / 5
+        next_kill = time.monotonic() + 1
+        kills = 0
+        while not _all_final(db, accepted) and time.monotonic() < deadline:
+            if time.monotonic() >= next_kill:
+                victim = random.choice([p for p in live if p.poll() is None])
+                victim.send_signal(signal.SIGKILL)
+                victim.wait(10)
+                live = [p for p in live if p.poll() is None] + [workers(settings)]
+                kills += 1
+                next_kill = time.monotonic() + 1 + random.random() * 2
+            time.sleep(0.2)  # the drill's pace, not synchronisation: state is polled
+        result = _report(db, f"SIGKILL a worker every 1-3 s ({kills} kills)", accepted, started)
+    assert kills >= 1
+    assert result.lost == 0 and result.concurrent_executions == 0
+    assert result.succeeded == result.accepted
+
+
+def test_drill_sqs_outage_during_submission_and_processing(
+    database_url: str, db: Any, workers: Any
+) -> None:
+    server = SqsServer().start()
+    try:
+        settings = make_settings(database_url, server.endpoint, dispatch_after_seconds=1.0)
+        for _ in range(2):
+            workers(settings)
+        started = time.monotonic()
+        with TestClient(create_app(settings)) as api:
+            accepted = _submit_batch(api, JOBS // 2)
+            server.stop()
+            outage_ends = time.monotonic() + OUTAGE
+            while time.monotonic() < outage_ends:
+                resp = api.post("/jobs", json={"task": "record", "payload": {"sleep": 0.01}})
+                assert resp.status_code == 201  # accepted while SQS is down
+                accepted.add(resp.json()["id"])
+            server = SqsServer(port=server.port).start()
+            wait_for(lambda: _all_final(db, accepted), timeout=120 + JOBS / 5, interval=0.3)
+            result = _report(db, f"SQS down {OUTAGE:g} s", accepted, started)
+    finally:
+        server.stop()
+    assert result.lost == 0 and result.concurrent_executions == 0
+    assert result.duplicate_executions == 0 and result.succeeded == result.accepted
+
+
+def test_drill_postgres_restart_during_processing(
+    sqs_endpoint: str, workers: Any, tmp_path: Path
+) -> None:
+    url, server = start_postgres(tmp_path / "pg")  # our own server: we restart it
+    try:
+        db_url = create_database(url, "jobq_drill")
+        upgrade(db_url)
+        conn = psycopg2.connect(db_url)
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(EXECUTIONS_DDL)
+        settings = make_settings(db_url, sqs_endpoint)
+        env_db = os.environ.get("JOBQ_TEST_DATABASE_URL")
+        os.environ["JOBQ_TEST_DATABASE_URL"] = db_url  # where the record task writes
+        for _ in range(2):
+            workers(settings)
+        started = time.monotonic()
+        with TestClient(create_app(settings)) as api:
+            accepted = _submit_batch(api, JOBS, sleep=0.1)
+            conn.close()
+            _restart_postgres(server, down_seconds=OUTAGE)
+            conn = psycopg2.connect(db_url)
+            conn.autocommit = True
+            wait_for(lambda: _all_final(conn, accepted), timeout=120 + JOBS / 5, interval=0.3)
+            result = _report(conn, f"PostgreSQL restart ({OUTAGE:g} s down)", accepted, started)
+        conn.close()
+    finally:
+        if env_db:
+            os.environ["JOBQ_TEST_DATABASE_URL"] = env_db
+        for p in workers.procs:
+            p.kill()
+            p.wait(10)
+        server.cleanup()
+    assert result.lost == 0 and result.concurrent_executions == 0
+    assert result.succeeded == result.accepted
+
+
+def _restart_postgres(server: Any, down_seconds: float) -> None:
+    """Fast shutdown (SIGINT to the postmaster), stay down, start again on the same socket."""
+    os.kill(server.get_pid(), signal.SIGINT)
+    wait_for(lambda: not (Path(server.pgdata) / "postmaster.pid").exists(), what="pg to stop")
+    time.sleep(down_seconds)  # the outage itself
+    server._postmaster_info = None  # pgserver caches the dead postmaster; forget it
+    server.ensure_postgres_running()
+
+
+def test_drill_sigterm_all_workers_then_restart(
+    database_url: str, sqs_endpoint: str, db: Any, workers: Any
+) -> None:
+    settings = make_settings(database_url, sqs_endpoint, shutdown_grace_seconds=10)
+    first = [workers(settings) for _ in range(2)]
+    started = time.monotonic()
+    with TestClient(create_app(settings)) as api:
+        accepted = _submit_batch(api, JOBS, sleep=0.1)
+        wait_for(
+            lambda: _count(db, "SELECT count(*) FROM test_executions") >= JOBS // 4,
+            timeout=120,
+            what="a quarter of the jobs to start",
+        )
+        for p in first:
+            p.send_signal(signal.SIGTERM)
+        assert [p.wait(40) for p in first] == [0, 0]
+        assert _count(db, "SELECT count(*) FROM jobs WHERE status = 'running'") == 0
+        for _ in range(2):
+            workers(settings)
+        wait_for(lambda: _all_final(db, accepted), timeout=120 + JOBS / 5, interval=0.3)
+        result = _report(db, "SIGTERM all workers, restart", accepted, started)
+    assert result.lost == 0 and result.concurrent_executions == 0
+    assert result.duplicate_executions == 0 and result.succeeded == result.accepted
+
+
+def _count(conn: Any, sql: str) -> int:
+    with conn.cursor() as cur:
+        cur.execute(sql)
+        return int(cur.fetchone()[0])
