@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from app import health
 from app.auth.keys import KeySet, parse_env_keys
-from app.auth.middleware import RateLimiter, install_auth
+from app.auth.middleware import ApiKeyAuth, RateLimiter
 from app.config import Settings, get_settings
 from app.dashboard import routes as dashboard_routes
 from app.errors import DatabaseUnavailable, JobqError
@@ -22,7 +22,7 @@ from app.logging_setup import configure_logging
 from app.observability import routes as ops_routes
 from app.observability import tracing
 from app.observability.metrics import CachedGaugeCollector
-from app.observability.routes import install_http_metrics
+from app.observability.routes import HttpMetrics
 from app.observability.stats import sampled_gauges
 from app.publisher import Dispatcher, Publisher
 from app.runtime import Runtime, build_runtime
@@ -99,8 +99,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     limiter = (
         RateLimiter(settings.submit_rate, settings.submit_burst) if settings.submit_rate else None
     )
-    install_auth(app, enabled=settings.auth == "required", limiter=limiter)
-    install_http_metrics(app)
+    app.add_middleware(ApiKeyAuth, enabled=settings.auth == "required", limiter=limiter)
+    app.add_middleware(HttpMetrics)  # outermost: measures everything, 401s included
     app.include_router(health.router)
     app.include_router(ops_routes.router)
     app.include_router(dashboard_routes.router)

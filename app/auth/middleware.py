@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Awaitable, Callable
 
-from fastapi import FastAPI, Request, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
+from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.auth.keys import KeySet, Principal, credential
 from app.http_errors import error_response
@@ -39,20 +40,31 @@ class RateLimiter:
             return (1 - tokens) / self.rate
 
 
-def install_auth(app: FastAPI, *, enabled: bool, limiter: RateLimiter | None) -> None:
-    """Require a valid key (when enabled) and apply the submit rate limit."""
+class ApiKeyAuth:
+    """Pure ASGI middleware: require a valid key (when enabled), apply the submit rate limit."""
 
-    @app.middleware("http")
-    async def authenticate(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        path = request.url.path
-        if path in PUBLIC_PATHS:
-            return await call_next(request)
-        who = request.client.host if request.client else "unknown"
-        if enabled:
-            keys: KeySet = request.app.state.keys
-            key = credential(request.headers.get("authorization"))
+    def __init__(self, app: ASGIApp, *, enabled: bool, limiter: RateLimiter | None) -> None:
+        self.app = app
+        self.enabled = enabled
+        self.limiter = limiter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
+            await self.app(scope, receive, send)
+            return
+        refusal = await self._check(scope)
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    async def _check(self, scope: Scope) -> Response | None:
+        path, method = scope["path"], scope["method"]
+        client = scope.get("client")
+        who = client[0] if client else "unknown"
+        if self.enabled:
+            keys: KeySet = scope["app"].state.keys
+            key = credential(Headers(scope=scope).get("authorization"))
             principal: Principal | None = await run_in_threadpool(keys.lookup, key) if key else None
             if principal is None:
                 scheme = 'Basic realm="jobq"' if path.startswith("/dashboard") else "Bearer"
@@ -63,18 +75,18 @@ def install_auth(app: FastAPI, *, enabled: bool, limiter: RateLimiter | None) ->
                     "Authorization",
                     headers={"WWW-Authenticate": scheme},
                 )
-            if not principal.may(request.method):
+            if not principal.may(method):
                 return error_response(
                     403, "forbidden", f"key {principal.name!r} is read-only", "Authorization"
                 )
             who = f"key:{principal.name}"
-        if limiter is not None and request.method == "POST" and path in SUBMIT_PATHS:
-            wait = limiter.take(who)
+        if self.limiter is not None and method == "POST" and path in SUBMIT_PATHS:
+            wait = self.limiter.take(who)
             if wait > 0:
                 return error_response(
                     429,
                     "rate_limited",
-                    f"submit rate limit of {limiter.rate:g}/s exceeded (JOBQ_SUBMIT_RATE)",
+                    f"submit rate limit of {self.limiter.rate:g}/s exceeded (JOBQ_SUBMIT_RATE)",
                     headers={"Retry-After": str(max(1, math.ceil(wait)))},
                 )
-        return await call_next(request)
+        return None

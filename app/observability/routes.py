@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, Request, Response
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.db import translate_db_errors
 from app.observability import metrics
@@ -35,24 +36,35 @@ def stats(request: Request, minutes: int = 15) -> dict[str, Any]:
     return data
 
 
-def install_http_metrics(app: FastAPI) -> None:
-    """Count and time every request by route template and status; bind its trace id."""
+class HttpMetrics:
+    """Pure ASGI middleware (no per-request task group): count and time every request by
+    route template and status, bind its trace id, and return it as X-Trace-Id."""
 
-    @app.middleware("http")
-    async def measure(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        token = trace_id_var.set(trace_id_from(request.headers))
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        trace_id = trace_id_from(Headers(scope=scope))
+        token = trace_id_var.set(trace_id)
         start = time.perf_counter()
         status = 500
+
+        async def send_with_trace(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message).append("X-Trace-Id", trace_id)
+            await send(message)
+
         try:
-            response = await call_next(request)
-            status = response.status_code
-            response.headers["X-Trace-Id"] = trace_id_var.get() or ""
-            return response
+            await self.app(scope, receive, send_with_trace)
         finally:
-            route = request.scope.get("route")
-            path = getattr(route, "path", "unmatched")
-            metrics.HTTP_REQUESTS.labels(request.method, path, str(status)).inc()
-            metrics.HTTP_LATENCY.labels(request.method, path).observe(time.perf_counter() - start)
+            # The router records the matched route in the (shared) scope.
+            path = getattr(scope.get("route"), "path", "unmatched")
+            method = scope["method"]
+            metrics.HTTP_REQUESTS.labels(method, path, str(status)).inc()
+            metrics.HTTP_LATENCY.labels(method, path).observe(time.perf_counter() - start)
             trace_id_var.reset(token)
