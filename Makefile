@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: dev test lint fmt install audit drills clean
+.PHONY: dev test lint fmt install audit drills bench clean
 
 $(BIN)/python:
 	@test -n "$(PYTHON)" || { echo "Python 3.11+ is required"; exit 1; }
@@ -38,6 +38,12 @@ test: install
 	$(BIN)/mypy app worker
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: no tests were collected - failing"; fi; exit $$rc
+
+# Benchmarks (not part of make test): fauxqs from npm (Node 22 from the `node` package).
+bench: install
+	$(BIN)/python -m pip install --quiet -r bench/requirements.txt
+	npm install --prefix bench --no-audit --no-fund --silent
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 # Fault drills at full size (make test runs them small); appends to bench/results/drills.jsonl.
 drills: install
