@@ -65,8 +65,8 @@ class Settings(BaseSettings):
     api_keys: str = ""  # comma-separated [name:]read|submit:KEY
     api_key: str = ""  # the key the jobq client commands send
     keys_reload_seconds: float = Field(10.0, gt=0)
-    submit_rate: float = Field(200.0, ge=0)  # POSTs per second per key (or client); 0 = off
-    submit_burst: int = Field(400, ge=1)
+    submit_rate: float = Field(1000.0, ge=0)  # POSTs per second per key (or client); 0 = off
+    submit_burst: int = Field(2000, ge=1)
 
     # Logging.
     log_level: str = "INFO"
