@@ -161,3 +161,33 @@ def test_500_jobs_over_two_worker_processes_run_exactly_once(
     assert _one(db, "SELECT count(*) FROM test_executions") == 500
     assert _one(db, "SELECT count(DISTINCT pid) FROM test_executions") == 2
     assert _one(db, "SELECT max(attempts) FROM jobs") == 1
+
+
+def test_worker_started_while_sqs_is_down_waits_for_it(
+    database_url: str, db: Any, procs: Any, tmp_path: Path
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from app.devstack import SqsServer
+    from app.main import create_app
+
+    server = SqsServer().start()
+    settings = make_settings(database_url, server.endpoint, dispatch_after_seconds=0.5)
+    server.stop()
+    log = tmp_path / "w.log"
+    worker = start_worker_process(settings, log)
+    procs.append(worker)
+    try:
+        wait_for(lambda: "queue set-up failed" in log.read_text(), what="a failed set-up")
+        assert worker.poll() is None, log.read_text()  # still running, retrying
+        server = SqsServer(port=server.port).start()
+        with TestClient(create_app(settings)) as api:
+            job = api.post("/jobs", json={"task": "fail", "max_attempts": 3}).json()
+            # The DLQ consumer starts once set-up succeeds: the failed job gets dead-lettered.
+            wait_for(
+                lambda: api.get(f"/jobs/{job['id']}").json()["dead_lettered_at"] is not None,
+                timeout=60,
+                what="the job to fail and be settled by the DLQ consumer",
+            )
+    finally:
+        server.stop()

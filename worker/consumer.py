@@ -69,8 +69,11 @@ class Consumer:
             try:
                 messages = self._receive(free)
                 delay = 0.5
-            except JobqError as exc:
-                log.warning("receive failed; backing off %.1f s: %s", delay, exc)
+            except Exception as exc:  # noqa: BLE001 - the poll loop must outlive any one failure
+                if isinstance(exc, JobqError):
+                    log.warning("receive failed; backing off %.1f s: %s", delay, exc)
+                else:
+                    log.exception("receive crashed; backing off %.1f s", delay)
                 self._stop.wait(delay)
                 delay = min(delay * 2, 30.0)
                 continue

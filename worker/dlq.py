@@ -71,8 +71,8 @@ class DeadLetterConsumer:
             try:
                 self.run_once()
                 delay = 0.5
-            except JobqError as exc:
-                log.warning("DLQ receive failed; backing off: %s", exc)
+            except Exception as exc:  # noqa: BLE001 - keep consuming after any one failure
+                log.warning("DLQ pass failed; backing off %.1f s: %s", delay, exc)
                 self._stop.wait(delay)
                 delay = min(delay * 2, 30.0)
 

@@ -85,28 +85,48 @@ class Worker:
         self.dlq: DeadLetterConsumer | None = None
         self.max_receive_count: int | None = None
         self._stopped = threading.Event()
+        self._setup_thread: threading.Thread | None = None
 
     # -- start-up -------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Check the queue's redrive policy, then start polling, heartbeats and the DLQ consumer."""
-        self._read_redrive_policy()
+        """Start polling and heartbeats; queue checks and the DLQ consumer wait for SQS."""
         self.heartbeat.start()
         self.consumer.start()
-        if self.settings.dlq_consumer:
-            dlq_url = self.sqs.resolve_dlq_url()
-            if dlq_url:
-                self.dlq = DeadLetterConsumer(
-                    self.sqs,
-                    self.runtime.sessions,
-                    dlq_url,
-                    wait_seconds=self.settings.sqs_wait_seconds,
-                )
-                self.dlq.start()
+        # SQS may be unreachable right now: that must not stop the worker from starting.
+        self._setup_thread = threading.Thread(
+            target=self._setup_with_retries, name="jobq-setup", daemon=True
+        )
+        self._setup_thread.start()
         log.info(
             "worker started",
             extra={"worker_id": self.worker_id, "concurrency": self.settings.worker_concurrency},
         )
+
+    def _setup_with_retries(self) -> None:
+        delay = 0.5
+        while not self._stopped.is_set():
+            try:
+                self._read_redrive_policy()
+                self._start_dlq_consumer()
+                return
+            except JobqError as exc:
+                log.warning("queue set-up failed; retrying in %.1f s: %s", delay, exc)
+                self._stopped.wait(delay)
+                delay = min(delay * 2, 30.0)
+
+    def _start_dlq_consumer(self) -> None:
+        if not self.settings.dlq_consumer or self._stopped.is_set():
+            return
+        dlq_url = self.sqs.resolve_dlq_url()
+        if dlq_url:
+            self.dlq = DeadLetterConsumer(
+                self.sqs,
+                self.runtime.sessions,
+                dlq_url,
+                wait_seconds=self.settings.sqs_wait_seconds,
+            )
+            self.dlq.start()
 
     def _read_redrive_policy(self) -> None:
         counts: list[int] = []
