@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import boto3
 from botocore.config import Config
@@ -173,22 +173,37 @@ class SqsQueue:
             )
 
     def change_visibility_batch(self, messages: Sequence[Message], seconds: float) -> None:
-        """Extend or release several messages of one queue at once (heartbeats, shutdown)."""
-        by_queue: dict[str, list[Message]] = {}
-        for m in messages:
-            by_queue.setdefault(m.queue_url, []).append(m)
-        for url, group in by_queue.items():
-            for start in range(0, len(group), MAX_BATCH):
-                entries = [
-                    {
-                        "Id": str(i),
-                        "ReceiptHandle": m.receipt_handle,
-                        "VisibilityTimeout": clamp_visibility(seconds),
-                    }
-                    for i, m in enumerate(group[start : start + MAX_BATCH])
-                ]
-                with translate_sqs_errors("ChangeMessageVisibilityBatch"):
-                    self.client.change_message_visibility_batch(QueueUrl=url, Entries=entries)
+        """Extend or release several messages at once (heartbeats, shutdown)."""
+        self.set_visibilities([(m, seconds) for m in messages])
+
+    def set_visibilities(self, items: Sequence[tuple[Message, float]]) -> int:
+        """Give each message its own visibility timeout, 10 per call; return how many failed."""
+        failed = 0
+        for url, chunk in _chunks_by_queue(items, lambda item: item[0]):
+            entries = [
+                {
+                    "Id": str(i),
+                    "ReceiptHandle": m.receipt_handle,
+                    "VisibilityTimeout": clamp_visibility(seconds),
+                }
+                for i, (m, seconds) in enumerate(chunk)
+            ]
+            with translate_sqs_errors("ChangeMessageVisibilityBatch"):
+                reply = self.client.change_message_visibility_batch(QueueUrl=url, Entries=entries)
+            failed += len(reply.get("Failed", []))
+        return failed
+
+    def delete_batch(self, messages: Sequence[Message]) -> int:
+        """Delete handled messages, 10 per call; return how many SQS refused (they reappear)."""
+        failed = 0
+        for url, chunk in _chunks_by_queue(messages, lambda m: m):
+            entries = [
+                {"Id": str(i), "ReceiptHandle": m.receipt_handle} for i, m in enumerate(chunk)
+            ]
+            with translate_sqs_errors("DeleteMessageBatch"):
+                reply = self.client.delete_message_batch(QueueUrl=url, Entries=entries)
+            failed += len(reply.get("Failed", []))
+        return failed
 
     def attributes(self, queue_url: str | None = None) -> dict[str, str]:
         """All attributes of the queue (depths, redrive policy, ...)."""
@@ -223,6 +238,21 @@ class SqsQueue:
             self.client.get_queue_attributes(
                 QueueUrl=self.url, AttributeNames=["ApproximateNumberOfMessages"]
             )
+
+
+T = TypeVar("T")
+
+
+def _chunks_by_queue(
+    items: Sequence[T], message_of: Callable[[T], Message]
+) -> Iterator[tuple[str, list[T]]]:
+    """Items grouped by their message's queue URL, at most one SQS batch per chunk."""
+    by_queue: dict[str, list[T]] = {}
+    for item in items:
+        by_queue.setdefault(message_of(item).queue_url, []).append(item)
+    for url, group in by_queue.items():
+        for start in range(0, len(group), MAX_BATCH):
+            yield url, group[start : start + MAX_BATCH]
 
 
 def clamp_visibility(seconds: float) -> int:

@@ -1,11 +1,21 @@
-"""Completer: record the outcome with a guarded update, then delete or re-time the message."""
+"""Completer: record outcomes with one guarded update per batch, then delete or re-time messages.
+
+Jobs that finish close together are completed together: one statement and one commit for
+the batch, then one DeleteMessageBatch / ChangeMessageVisibilityBatch per 10 messages. The
+database is always written first, so a crash in between only causes a redelivery of a
+finished job, which the next claim recognises as a duplicate.
+"""
 
 from __future__ import annotations
 
 import logging
+import queue
 import random
+import threading
 import time
+import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -14,7 +24,7 @@ from app.db import translate_db_errors
 from app.errors import DatabaseUnavailable, JobqError
 from app.jobs import transitions
 from app.jobs.states import JobStatus
-from app.jobs.transitions import Claimed
+from app.jobs.transitions import Claimed, Finish
 from app.queue import Message, SqsQueue
 from worker.executor import Outcome
 from worker.retry import backoff_seconds, is_final_attempt
@@ -22,9 +32,30 @@ from worker.retry import backoff_seconds, is_final_attempt
 log = logging.getLogger("jobq.completer")
 T = TypeVar("T")
 
+# Completions written per transaction at most (bounds the statement and the SQS fan-out).
+MAX_COMPLETION_BATCH = 100
+
+DELETE_AFTER = (JobStatus.SUCCEEDED, JobStatus.CANCELLED)
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One finished attempt waiting to be recorded."""
+
+    message: Message
+    job: Claimed
+    outcome: Outcome
+    max_attempts: int
+    release: bool = False  # make a retry visible at once (shutdown) instead of backing off
+
+
+# Called once per completion with the status written ("" if the job was no longer ours,
+# None if it could not be recorded and the message will be redelivered).
+OnDone = Callable[[Completion, str | None], None]
+
 
 class Completer:
-    """Turns an Outcome into job state and an SQS action, in that order."""
+    """Turns Outcomes into job state and SQS actions, in that order, a batch at a time."""
 
     def __init__(
         self,
@@ -36,6 +67,7 @@ class Completer:
         backoff_cap: float,
         db_retry_seconds: float = 60.0,
         jitter: Callable[[], float] = random.random,
+        on_done: OnDone | None = None,
     ) -> None:
         self._sessions = sessions
         self._sqs = sqs
@@ -44,6 +76,70 @@ class Completer:
         self._cap = backoff_cap
         self._db_retry_seconds = db_retry_seconds
         self._jitter = jitter
+        self._on_done = on_done
+        self._queue: queue.SimpleQueue[Completion | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    # -- asynchronous use (the worker) -------------------------------------------------------
+
+    def submit(self, completion: Completion) -> None:
+        """Queue a completion for the completer thread."""
+        self._queue.put(completion)
+
+    def start(self) -> None:
+        """Complete queued outcomes in a thread."""
+        self._thread = threading.Thread(target=self._run, name="jobq-completer", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Finish what is queued, then stop."""
+        if self._thread is None:
+            return
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            stopping = False
+            # Take whatever else finished meanwhile: under load that is the batch.
+            while len(batch) < MAX_COMPLETION_BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stopping = True
+                    break
+                batch.append(item)
+            self._complete_and_report(batch)
+            if stopping:
+                return
+
+    def _complete_and_report(self, batch: list[Completion]) -> None:
+        statuses: list[str | None]
+        try:
+            statuses = list(self.complete_all(batch))
+        except JobqError as exc:
+            log.warning(
+                "could not record %d outcome(s); they will be redelivered: %s", len(batch), exc
+            )
+            statuses = [None] * len(batch)
+        except Exception:
+            log.exception("completing %d outcome(s) crashed; they will be redelivered", len(batch))
+            statuses = [None] * len(batch)
+        if self._on_done is None:
+            return
+        for completion, status in zip(batch, statuses, strict=True):
+            try:
+                self._on_done(completion, status)
+            except Exception:
+                log.exception("completion callback failed")
+
+    # -- synchronous use -------------------------------------------------------------------
 
     def complete(
         self,
@@ -54,95 +150,74 @@ class Completer:
         *,
         release: bool = False,
     ) -> str:
-        """Record the outcome; return the status written ('' if this worker lost the job).
+        """Record one outcome now; return the status written ('' if the job was lost)."""
+        return self.complete_all([Completion(message, job, outcome, max_attempts, release)])[0]
 
-        `release` makes a retry visible at once instead of after a backoff (shutdown).
-        """
-        if outcome.ok:
-            return self._finish(message, job, JobStatus.SUCCEEDED, "succeeded", outcome.result)
-        failure = outcome.failure
-        assert failure is not None
-        if failure.retryable and not is_final_attempt(job.attempt, max_attempts):
-            return self._finish(
-                message,
-                job,
-                JobStatus.RETRYING,
-                failure.outcome,
-                None,
-                failure.message,
-                release=release,
-            )
-        return self._finish(
-            message,
-            job,
-            JobStatus.FAILED,
-            failure.outcome,
-            None,
-            failure.message,
-            retryable=failure.retryable,
-        )
+    def complete_all(self, batch: list[Completion]) -> list[str]:
+        """Record a batch of outcomes in one transaction, then act on their messages."""
+        finishes = [self._decide(c) for c in batch]
 
-    def _finish(
-        self,
-        message: Message,
-        job: Claimed,
-        status: JobStatus,
-        outcome: str,
-        result: object,
-        error: str | None = None,
-        *,
-        retryable: bool = True,
-        release: bool = False,
-    ) -> str:
-        def write() -> JobStatus | None:
+        def write() -> dict[uuid.UUID, JobStatus]:
             with translate_db_errors(), self._sessions.begin() as session:
-                return transitions.finish(
-                    session,
-                    job,
-                    self._worker_id,
-                    status=status,
-                    outcome=outcome,
-                    result=result,
-                    error=error,
-                )
+                return dict(transitions.finish_many(session, self._worker_id, finishes))
 
-        if not self._with_db_retries(write):
-            # Our lease expired and another worker took the job: its message is theirs now.
-            log.warning(
-                "lost the job before completing; outcome dropped",
-                extra={"job_id": str(job.job_id), "attempt": job.attempt},
-            )
-            return ""
-        self._after_commit(message, job, status, retryable, release)
-        return status.value
+        written = self._with_db_retries(write)
+        self._after_commit(batch, written)
+        statuses: list[str] = []
+        for c in batch:
+            status = written.get(c.job.job_id)
+            if status is None:
+                # Our lease expired and another worker took the job: its message is theirs.
+                log.warning(
+                    "lost the job before completing; outcome dropped",
+                    extra={"job_id": str(c.job.job_id), "attempt": c.job.attempt},
+                )
+            statuses.append("" if status is None else status.value)
+        return statuses
+
+    def _decide(self, c: Completion) -> Finish:
+        if c.outcome.ok:
+            return Finish(c.job, JobStatus.SUCCEEDED, "succeeded", c.outcome.result)
+        failure = c.outcome.failure
+        assert failure is not None
+        if failure.retryable and not is_final_attempt(c.job.attempt, c.max_attempts):
+            return Finish(c.job, JobStatus.RETRYING, failure.outcome, None, failure.message)
+        return Finish(c.job, JobStatus.FAILED, failure.outcome, None, failure.message)
 
     def _after_commit(
-        self, message: Message, job: Claimed, status: JobStatus, retryable: bool, release: bool
+        self,
+        batch: list[Completion],
+        written: dict[uuid.UUID, JobStatus],
     ) -> None:
-        try:
-            if status in (JobStatus.SUCCEEDED, JobStatus.CANCELLED) or (
-                status == JobStatus.FAILED and not retryable
-            ):
-                self._sqs.delete(message)
+        deletes: list[Message] = []
+        visibility: list[tuple[Message, float]] = []
+        for c in batch:
+            status = written.get(c.job.job_id)
+            if status is None:
+                continue
+            retryable = c.outcome.failure is None or c.outcome.failure.retryable
+            if status in DELETE_AFTER or (status == JobStatus.FAILED and not retryable):
+                deletes.append(c.message)
             elif status == JobStatus.RETRYING:
-                delay = (
-                    0.0
-                    if release
-                    else backoff_seconds(
-                        job.attempt, base=self._base, cap=self._cap, jitter=self._jitter()
-                    )
-                )
-                self._sqs.change_visibility(message, delay)
+                visibility.append((c.message, self._retry_delay(c)))
             else:
                 # Exhausted: leave the message and make it visible, so the queue's redrive
                 # policy moves it to the dead-letter queue on its next receive.
-                self._sqs.change_visibility(message, 0)
+                visibility.append((c.message, 0))
+        # The job states are committed: if an SQS call fails, the message reappears later
+        # and is handled as a duplicate of a finished (or retrying) job. Nothing is lost.
+        try:
+            if deletes and self._sqs.delete_batch(deletes):
+                log.warning("SQS refused some deletes; those messages come back as duplicates")
+            if visibility:
+                self._sqs.set_visibilities(visibility)
         except JobqError as exc:
-            # The job state is committed; the message reappears later and is handled as a
-            # duplicate of a finished (or retrying) job. Nothing is lost.
-            log.warning(
-                "SQS action after commit failed: %s", exc, extra={"job_id": str(job.job_id)}
-            )
+            log.warning("SQS action after commit failed: %s", exc)
+
+    def _retry_delay(self, c: Completion) -> float:
+        if c.release:
+            return 0.0
+        return backoff_seconds(c.job.attempt, base=self._base, cap=self._cap, jitter=self._jitter())
 
     def _with_db_retries(self, write: Callable[[], T]) -> T:
         """Retry a write while PostgreSQL is unavailable (the heartbeat keeps the message ours)."""

@@ -41,13 +41,13 @@ def weighted_order(
 
 
 class Consumer:
-    """Receives messages into free slots and hands each to `dispatch`."""
+    """Receives messages into free slots and hands each receive's batch to `dispatch`."""
 
     def __init__(
         self,
         sqs: SqsQueue,
         inflight: InFlight,
-        dispatch: Callable[[Message], None],
+        dispatch: Callable[[list[Message]], None],
         *,
         wait_seconds: int,
         queues: Sequence[tuple[str, int]] | None = None,
@@ -81,8 +81,8 @@ class Consumer:
                 # Arrived after shutdown began: give them back at once, unstarted.
                 self._release(messages)
                 return
-            for message in messages:
-                self._dispatch(message)
+            if messages:
+                self._dispatch(messages)
 
     def _receive(self, free: int) -> list[Message]:
         if len(self._queues) == 1:

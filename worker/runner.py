@@ -17,12 +17,13 @@ from app.db import translate_db_errors
 from app.errors import JobqError
 from app.jobs import transitions
 from app.jobs.states import FINAL, JobStatus
+from app.jobs.transitions import Claimed
 from app.observability import metrics, tracing
 from app.observability.context import trace_id_var
 from app.queue import Message
 from app.runtime import Runtime
 from app.tasks.registry import JobContext
-from worker.completer import Completer
+from worker.completer import Completer, Completion
 from worker.consumer import Consumer
 from worker.dlq import DeadLetterConsumer
 from worker.executor import Executor, Outcome
@@ -66,6 +67,7 @@ class Worker:
             self.worker_id,
             backoff_base=s.backoff_base_seconds,
             backoff_cap=s.backoff_cap_seconds,
+            on_done=self._completed,
         )
         self.consumer = Consumer(
             self.sqs,
@@ -92,6 +94,7 @@ class Worker:
     def start(self) -> None:
         """Start polling and heartbeats; queue checks and the DLQ consumer wait for SQS."""
         self.heartbeat.start()
+        self.completer.start()
         self.consumer.start()
         # SQS may be unreachable right now: that must not stop the worker from starting.
         self._setup_thread = threading.Thread(
@@ -152,58 +155,84 @@ class Worker:
         """No job gets more attempts than the queue delivers before dead-lettering."""
         return self.max_receive_count or 10_000
 
-    # -- one message ------------------------------------------------------------------------
+    # -- messages ---------------------------------------------------------------------------
 
-    def _dispatch(self, message: Message) -> None:
-        entry = self.inflight.add(message)
-        self.pool.submit(self._handle, entry)
-
-    def _handle(self, entry: Entry) -> None:
-        message = entry.message
+    def _dispatch(self, messages: list[Message]) -> None:
+        """Hold a receive's messages, claim their jobs in one statement, start the claimed."""
+        entries = [self.inflight.add(m) for m in messages]
         try:
-            self._process(entry)
-        except JobqError as exc:
-            # DB or SQS trouble before the outcome was recorded: the message will come back.
-            log.warning(
-                "message handling failed; it will be redelivered: %s",
-                exc,
-                extra={"job_id": str(message.job_id)},
-            )
-        except Exception:
-            log.exception("message handling crashed; it will be redelivered")
-        finally:
-            self.inflight.remove(message)
+            self._claim_and_start(entries)
+        except Exception as exc:  # noqa: BLE001 - the consumer loop must outlive any failure
+            # Nothing was started: the messages come back after their visibility timeout.
+            if isinstance(exc, JobqError):
+                log.warning(
+                    "claiming %d job(s) failed; they will be redelivered: %s", len(entries), exc
+                )
+            else:
+                log.exception("claiming %d job(s) crashed; they will be redelivered", len(entries))
+            for e in entries:
+                if e.job is None:
+                    self.inflight.remove(e.message)
 
-    def _process(self, entry: Entry) -> None:
-        message = entry.message
-        if message.job_id is None:
-            log.warning(
-                "deleting a message that names no job", extra={"message_id": message.message_id}
-            )
-            self.sqs.delete(message)
+    def _claim_and_start(self, entries: list[Entry]) -> None:
+        nameless = [e for e in entries if e.message.job_id is None]
+        if nameless:
+            log.warning("deleting %d message(s) that name no job", len(nameless))
+            self.sqs.delete_batch([e.message for e in nameless])
+            for e in nameless:
+                self.inflight.remove(e.message)
+        named = [e for e in entries if e.message.job_id is not None]
+        if not named:
             return
         with translate_db_errors(), self.runtime.sessions.begin() as session:
-            job = transitions.claim(
+            claimed = transitions.claim_many(
                 session,
-                message.job_id,
+                [e.message.job_id for e in named if e.message.job_id is not None],
                 self.worker_id,
                 self.settings.visibility_timeout_seconds,
                 self.attempt_cap,
             )
-        if job is None:
+        for e in named:
+            job = claimed.pop(e.message.job_id, None)  # type: ignore[arg-type]
+            if job is None:
+                self.pool.submit(self._handle_unclaimed, e)
+                continue
+            max_attempts = min(job.max_attempts, self.attempt_cap)
+            e.ctx = JobContext(job.job_id, job.task, job.attempt, max_attempts)
+            e.job = job
+            self.pool.submit(self._run_job, e)
+
+    def _handle_unclaimed(self, entry: Entry) -> None:
+        message = entry.message
+        try:
+            assert message.job_id is not None
             self._unclaimed(message, message.job_id)
+        except JobqError as exc:
+            log.warning(
+                "could not decide about an unclaimed message; it will be redelivered: %s",
+                exc,
+                extra={"job_id": str(message.job_id)},
+            )
+        except Exception:
+            log.exception("unclaimed message handling crashed; it will be redelivered")
+        finally:
+            self.inflight.remove(message)
+
+    def _run_job(self, entry: Entry) -> None:
+        """Run a claimed job on a pool thread and hand its outcome to the completer."""
+        job, ctx = entry.job, entry.ctx
+        assert job is not None and ctx is not None
+        try:
+            outcome = self._execute(job, ctx)
+        except Exception:
+            log.exception("running the job crashed; it will be redelivered")
+            self.inflight.remove(entry.message)
             return
+        self.completer.submit(Completion(entry.message, job, outcome, ctx.max_attempts))
+
+    def _execute(self, job: Claimed, ctx: JobContext) -> Outcome:
         trace_id_var.set(job.trace_id)  # this pool thread's logs now carry the trace id
-        max_attempts = min(job.max_attempts, self.attempt_cap)
-        ctx = JobContext(job.job_id, job.task, job.attempt, max_attempts)
-        entry.ctx, entry.job = ctx, job
-        extra = {
-            "job_id": str(job.job_id),
-            "task": job.task,
-            "attempt": job.attempt,
-            "trace_id": job.trace_id,
-        }
-        log.info("job started", extra=extra)
+        log.info("job started", extra=_job_extra(job))
         if job.attempt == 1 and job.queued_at is not None:
             wait = (job.started_at - job.queued_at).total_seconds()
             metrics.QUEUE_WAIT.labels(job.task).observe(max(0.0, wait))
@@ -220,20 +249,26 @@ class Worker:
         metrics.JOB_DURATION.labels(job.task).observe(time.perf_counter() - began)
         if self._stopped.is_set() and ctx.cancelled.is_set() and not outcome.ok:
             outcome = Outcome(failure=Failure(INTERRUPTED, True, "interrupted"))
-        status = self.completer.complete(message, job, outcome, max_attempts)
+        return outcome
+
+    def _completed(self, completion: Completion, status: str | None) -> None:
+        """The completer recorded (or could not record) an outcome: count it, free the slot."""
+        job = completion.job
         if status == JobStatus.RETRYING.value:
             metrics.JOBS_RETRIED.labels(job.task).inc()
         elif status:
             metrics.JOBS_FINISHED.labels(job.task, status).inc()
+        failure = completion.outcome.failure
         log.info(
             "job %s",
-            status or "lost",
+            status or ("lost" if status == "" else "not recorded"),
             extra={
-                **extra,
+                **_job_extra(job),
                 "status": status,
-                "error": outcome.failure.message if outcome.failure else None,
+                "error": failure.message if failure else None,
             },
         )
+        self.inflight.remove(completion.message)
 
     def _unclaimed(self, message: Message, job_id: uuid.UUID) -> None:
         """Decide about a delivery we could not claim (duplicate, finished, or exhausted)."""
@@ -277,6 +312,7 @@ class Worker:
         if not self.inflight.wait_empty(max(0.0, deadline - time.monotonic())):
             self._interrupt_running()
         self.consumer.join(max(0.0, deadline - time.monotonic()))
+        self.completer.stop()
         self.heartbeat.stop()
         self.pool.shutdown(wait=False, cancel_futures=True)
         log.info("worker stopped", extra={"worker_id": self.worker_id})
@@ -292,19 +328,17 @@ class Worker:
             return
         leftover = self.inflight.snapshot()
         interrupted = Outcome(failure=Failure(INTERRUPTED, True, "interrupted"))
-        for e in leftover:
-            if e.job is None:
-                continue
-            try:
-                self.completer.complete(
-                    e.message,
-                    e.job,
-                    interrupted,
-                    min(e.job.max_attempts, self.attempt_cap),
-                    release=True,
-                )
-            except JobqError as exc:
-                log.warning("could not record interruption (lease will expire): %s", exc)
+        stuck = [
+            Completion(
+                e.message, e.job, interrupted, min(e.job.max_attempts, self.attempt_cap), True
+            )
+            for e in leftover
+            if e.job is not None
+        ]
+        try:
+            self.completer.complete_all(stuck)
+        except JobqError as exc:
+            log.warning("could not record interruption (lease will expire): %s", exc)
         try:
             self.sqs.change_visibility_batch([e.message for e in leftover if e.job is None], 0)
         except JobqError as exc:
@@ -328,3 +362,12 @@ class Worker:
             pass
         self.stop()
         return 0
+
+
+def _job_extra(job: Claimed) -> dict[str, object]:
+    return {
+        "job_id": str(job.job_id),
+        "task": job.task,
+        "attempt": job.attempt,
+        "trace_id": job.trace_id,
+    }

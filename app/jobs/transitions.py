@@ -55,59 +55,74 @@ class JobView:
 _CLAIM = text(
     f"""
     WITH prev AS (
+        -- Lock in id order so two claimers of overlapping batches cannot deadlock.
         SELECT id, status, worker_id, greatest(updated_at, run_at) AS queued_at
-        FROM jobs WHERE id = :id FOR UPDATE
+        FROM jobs WHERE id = ANY(CAST(:ids AS uuid[])) ORDER BY id FOR UPDATE
+    ), u AS (
+        UPDATE jobs AS j SET
+            status = 'running', attempts = j.attempts + 1, worker_id = :worker,
+            lease_expires_at = now() + make_interval(secs => :lease),
+            started_at = coalesce(j.started_at, now()), updated_at = now(),
+            published_at = coalesce(j.published_at, now())
+        FROM prev
+        WHERE j.id = prev.id AND j.attempts < least(j.max_attempts, :cap)
+          AND j.status IN {_in(S.RUNNING)}
+          AND (j.status <> 'running' OR j.lease_expires_at < now())
+          AND (j.run_at IS NULL OR j.run_at <= now() + interval '1 second')
+        RETURNING j.id, j.task, j.payload, j.attempts, j.max_attempts, j.timeout_seconds,
+                  j.trace_id, now() AS started,
+                  prev.status AS prev_status, prev.worker_id AS prev_worker, prev.queued_at
+    ), lost AS (
+        -- The previous attempt's worker died holding the job: record that attempt as lost.
+        INSERT INTO job_attempts (job_id, attempt, outcome, error, worker_id)
+        SELECT id, attempts - 1, 'lost', 'worker stopped heartbeating (killed or hung)',
+               prev_worker
+        FROM u WHERE prev_status = 'running'
     )
-    UPDATE jobs AS j SET
-        status = 'running', attempts = j.attempts + 1, worker_id = :worker,
-        lease_expires_at = now() + make_interval(secs => :lease),
-        started_at = coalesce(j.started_at, now()), updated_at = now(),
-        published_at = coalesce(j.published_at, now())
-    FROM prev
-    WHERE j.id = prev.id AND j.attempts < least(j.max_attempts, :cap)
-      AND j.status IN {_in(S.RUNNING)}
-      AND (j.status <> 'running' OR j.lease_expires_at < now())
-      AND (j.run_at IS NULL OR j.run_at <= now() + interval '1 second')
-    RETURNING j.id, j.task, j.payload, j.attempts, j.max_attempts, j.timeout_seconds,
-              j.trace_id, now() AS started,
-              prev.status AS prev_status, prev.worker_id AS prev_worker, prev.queued_at
+    SELECT * FROM u
     """
 )
 
-_RECORD_LOST = text(
+
+def claim_many(
+    session: Session, job_ids: list[uuid.UUID], worker_id: str, lease_seconds: float, cap: int
+) -> dict[uuid.UUID, Claimed]:
+    """Claim every claimable job of a receive in one statement; job id -> Claimed.
+
+    queued|retrying|running-with-expired-lease -> running, attempts += 1, lease set. Ids not
+    in the result could not be claimed (duplicate delivery, finished, exhausted, not due).
     """
-    INSERT INTO job_attempts (job_id, attempt, outcome, error, worker_id)
-    VALUES (:id, :attempt, 'lost', 'worker stopped heartbeating (killed or hung)', :worker)
-    """
-)
+    if not job_ids:
+        return {}
+    params = {
+        "ids": sorted({str(i) for i in job_ids}),
+        "worker": worker_id,
+        "lease": lease_seconds,
+        "cap": cap,
+    }
+    claimed: dict[uuid.UUID, Claimed] = {}
+    for row in session.execute(_CLAIM, params):
+        job_id = row.id if isinstance(row.id, uuid.UUID) else uuid.UUID(str(row.id))
+        claimed[job_id] = Claimed(
+            job_id=job_id,
+            task=row.task,
+            payload=row.payload,
+            attempt=row.attempts,
+            max_attempts=row.max_attempts,
+            timeout_seconds=row.timeout_seconds,
+            trace_id=row.trace_id,
+            started_at=row.started,
+            lost_previous=row.prev_status == S.RUNNING.value,
+            queued_at=row.queued_at,
+        )
+    return claimed
 
 
 def claim(
     session: Session, job_id: uuid.UUID, worker_id: str, lease_seconds: float, cap: int
 ) -> Claimed | None:
-    """queued|retrying|running-with-expired-lease -> running, attempts += 1, lease set."""
-    row = session.execute(
-        _CLAIM, {"id": job_id, "worker": worker_id, "lease": lease_seconds, "cap": cap}
-    ).one_or_none()
-    if row is None:
-        return None
-    lost = row.prev_status == S.RUNNING.value
-    if lost:
-        session.execute(
-            _RECORD_LOST, {"id": job_id, "attempt": row.attempts - 1, "worker": row.prev_worker}
-        )
-    return Claimed(
-        job_id=row.id,
-        task=row.task,
-        payload=row.payload,
-        attempt=row.attempts,
-        max_attempts=row.max_attempts,
-        timeout_seconds=row.timeout_seconds,
-        trace_id=row.trace_id,
-        started_at=row.started,
-        lost_previous=lost,
-        queued_at=row.queued_at,
-    )
+    """Claim one job (see claim_many); None if it could not be claimed."""
+    return claim_many(session, [job_id], worker_id, lease_seconds, cap).get(job_id)
 
 
 def view(session: Session, job_id: uuid.UUID) -> JobView | None:
@@ -132,29 +147,80 @@ def view(session: Session, job_id: uuid.UUID) -> JobView | None:
     )
 
 
-# A cancellation request wins over whatever the attempt produced.
+# One statement finishes a whole batch; a cancellation request wins over what the attempt
+# produced. Rows are locked in id order first so concurrent batches cannot deadlock.
 _FINISH = text(
     """
-    WITH u AS (
-        UPDATE jobs SET
-            status = CASE WHEN cancel_requested_at IS NULL THEN :status ELSE 'cancelled' END,
-            result = CAST(:result AS jsonb),
-            error = CASE WHEN cancel_requested_at IS NULL THEN :error
-                         ELSE coalesce(:error, 'cancelled while running') END,
-            finished_at = CASE WHEN cancel_requested_at IS NULL AND :status = 'retrying'
+    WITH v AS (
+        SELECT * FROM unnest(
+            CAST(:ids AS uuid[]), CAST(:statuses AS text[]), CAST(:results AS text[]),
+            CAST(:errors AS text[]), CAST(:attempts AS int[]), CAST(:outcomes AS text[]),
+            CAST(:started AS timestamptz[])
+        ) AS v(id, status, result, error, attempt, outcome, started)
+    ), locked AS (
+        SELECT id FROM jobs WHERE id = ANY(CAST(:ids AS uuid[])) ORDER BY id FOR UPDATE
+    ), u AS (
+        UPDATE jobs AS j SET
+            status = CASE WHEN j.cancel_requested_at IS NULL THEN v.status ELSE 'cancelled' END,
+            result = CAST(v.result AS jsonb),
+            error = CASE WHEN j.cancel_requested_at IS NULL THEN v.error
+                         ELSE coalesce(v.error, 'cancelled while running') END,
+            finished_at = CASE WHEN j.cancel_requested_at IS NULL AND v.status = 'retrying'
                                THEN NULL ELSE now() END,
             updated_at = now(), lease_expires_at = NULL
-        WHERE id = :id AND status = 'running' AND worker_id = :worker AND attempts = :attempt
-        RETURNING id, status
+        FROM v
+        WHERE j.id = v.id AND j.id IN (SELECT id FROM locked)
+          AND j.status = 'running' AND j.worker_id = :worker AND j.attempts = v.attempt
+        RETURNING j.id, j.status, v.attempt, v.outcome, v.error, v.started
     ), a AS (
         INSERT INTO job_attempts (job_id, attempt, outcome, error, worker_id, started_at)
-        SELECT id, :attempt, CASE WHEN status = 'cancelled' THEN 'cancelled' ELSE :outcome END,
-               :error, :worker, :started
+        SELECT id, attempt, CASE WHEN status = 'cancelled' THEN 'cancelled' ELSE outcome END,
+               error, :worker, started
         FROM u
     )
-    SELECT status FROM u
+    SELECT id, status FROM u
     """
 )
+
+
+@dataclass(frozen=True)
+class Finish:
+    """How one claimed attempt ended, to be written by finish_many."""
+
+    claimed: Claimed
+    status: JobStatus
+    outcome: str
+    result: Any = None
+    error: str | None = None
+
+
+def finish_many(
+    session: Session, worker_id: str, items: list[Finish]
+) -> dict[uuid.UUID, JobStatus]:
+    """running -> succeeded|retrying|failed (cancelled if requested) for a batch of attempts.
+
+    Returns job id -> status written; a job missing from the result is no longer this
+    worker's (its lease expired and another worker took it).
+    """
+    for item in items:
+        if S.RUNNING not in sources(item.status):
+            raise ValueError(f"running -> {item.status} is not a transition")
+    if not items:
+        return {}
+    params = {
+        "ids": [str(i.claimed.job_id) for i in items],
+        "statuses": [i.status.value for i in items],
+        "results": [None if i.result is None else json.dumps(i.result) for i in items],
+        "errors": [i.error for i in items],
+        "attempts": [i.claimed.attempt for i in items],
+        "outcomes": [i.outcome for i in items],
+        "started": [i.claimed.started_at for i in items],
+        "worker": worker_id,
+    }
+    rows = session.execute(_FINISH, params)
+    return {
+        (r.id if isinstance(r.id, uuid.UUID) else uuid.UUID(str(r.id))): S(r.status) for r in rows
+    }
 
 
 def finish(
@@ -167,23 +233,9 @@ def finish(
     result: Any = None,
     error: str | None = None,
 ) -> JobStatus | None:
-    """running -> succeeded|retrying|failed (or cancelled if requested); None if not ours."""
-    if S.RUNNING not in sources(status):
-        raise ValueError(f"running -> {status} is not a transition")
-    row = session.execute(
-        _FINISH,
-        {
-            "id": claimed.job_id,
-            "status": status.value,
-            "result": None if result is None else json.dumps(result),
-            "error": error,
-            "worker": worker_id,
-            "attempt": claimed.attempt,
-            "outcome": outcome,
-            "started": claimed.started_at,
-        },
-    ).one_or_none()
-    return None if row is None else S(row.status)
+    """One attempt's finish (see finish_many); None if the job is no longer ours."""
+    written = finish_many(session, worker_id, [Finish(claimed, status, outcome, result, error)])
+    return written.get(claimed.job_id)
 
 
 def extend_leases(
@@ -194,7 +246,8 @@ def extend_leases(
         return {}
     stmt = text(
         """UPDATE jobs SET lease_expires_at = now() + make_interval(secs => :lease)
-           WHERE id IN :ids AND status = 'running' AND worker_id = :worker
+           WHERE id IN (SELECT id FROM jobs WHERE id IN :ids ORDER BY id FOR UPDATE)
+             AND status = 'running' AND worker_id = :worker
            RETURNING id, cancel_requested_at IS NOT NULL"""
     ).bindparams(bindparam("ids", expanding=True))
     rows = session.execute(stmt, {"ids": job_ids, "worker": worker_id, "lease": lease_seconds})
