@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -77,8 +78,8 @@ class Plan:
                 ingest_seconds=3.0,
                 ingest_warmup=1.0,
                 e2e_jobs=jobs or 500,
-                e2e_configs=((1, 8), (2, 8), (4, 8)),
-                pipeline_config=(2, 16),
+                e2e_configs=((1, 8), (2, 32)),
+                pipeline_config=(2, 32),
                 latency_jobs=20,
                 latency_pause=0.1,
                 celery_configs=(("prefork", 4),),
@@ -91,8 +92,8 @@ class Plan:
             ingest_seconds=10.0,
             ingest_warmup=2.0,
             e2e_jobs=jobs or 5000,
-            e2e_configs=((1, 8), (2, 8), (4, 8), (4, 16)),
-            pipeline_config=(2, 16),
+            e2e_configs=((1, 8), (1, 32), (2, 32), (4, 32)),
+            pipeline_config=(2, 32),
             latency_jobs=100,
             latency_pause=0.1,
             # prefork with -c = CPU count is Celery's default; 4 matches jobq's 4 processes.
@@ -1055,9 +1056,18 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SECONDS",
         help="first wait up to SECONDS for the machine to be < 20%% busy",
     )
+    parser.add_argument(
+        "--e2e-configs",
+        help="end-to-end worker configs as PROCSxCONCURRENCY, comma-separated (e.g. 1x8,2x32)",
+    )
     args = parser.parse_args(argv)
 
     plan = Plan.make(args.quick, args.jobs)
+    if args.e2e_configs:
+        configs = tuple(
+            (int(p), int(c)) for p, c in (x.split("x") for x in args.e2e_configs.split(","))
+        )
+        plan = dataclasses.replace(plan, e2e_configs=configs)
     phases = ["limits", "ingest", "latency", "e2e", "pipeline", "celery"]
     if args.profile:
         phases.append("profile")
