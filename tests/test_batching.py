@@ -1,0 +1,124 @@
+"""Batched claims and completions against real PostgreSQL and the SQS server."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from typing import Any
+
+from app.jobs import transitions
+from app.jobs.states import JobStatus
+from app.jobs.transitions import Finish
+from app.queue import Outgoing
+from tests.helpers import wait_for
+
+
+def _statuses(db: Any, ids: list[str]) -> dict[str, tuple[str, int]]:
+    with db.cursor() as cur:
+        cur.execute("SELECT id::text, status, attempts FROM jobs WHERE id::text = ANY(%s)", (ids,))
+        return {r[0]: (r[1], r[2]) for r in cur.fetchall()}
+
+
+def _queue_counts(sqs: Any) -> tuple[int, int]:
+    attrs = sqs.attributes()
+    return int(attrs["ApproximateNumberOfMessages"]), int(
+        attrs["ApproximateNumberOfMessagesNotVisible"]
+    )
+
+
+def test_mixed_outcomes_in_one_batch_each_get_their_own_state_and_message_action(
+    api: Any, worker_factory: Any, runtime: Any, db: Any, settings: Any
+) -> None:
+    jobs = (
+        [{"task": "echo", "payload": {"i": i}} for i in range(10)]
+        + [{"task": "permanent"} for _ in range(10)]
+        + [{"task": "flaky", "payload": {"failures": 1}} for _ in range(10)]
+    )
+    reply = api.post("/jobs/batch", json={"jobs": jobs})
+    assert reply.status_code in (200, 201), reply.text
+    ids = [item["job"]["id"] for item in reply.json()["items"]]
+    # One worker with room for every job: receives, claims and completions are batches.
+    worker_factory(settings.model_copy(update={"worker_concurrency": 30}))
+
+    def all_final() -> dict[str, tuple[str, int]] | None:
+        got = _statuses(db, ids)
+        return got if all(s in ("succeeded", "failed") for s, _ in got.values()) else None
+
+    final = wait_for(all_final, timeout=60, what="all 30 jobs final")
+    assert [final[i] for i in ids[:10]] == [("succeeded", 1)] * 10
+    assert [final[i] for i in ids[10:20]] == [("failed", 1)] * 10  # not retryable
+    assert [final[i] for i in ids[20:]] == [("succeeded", 2)] * 10  # retried once
+    echo = api.get(f"/jobs/{ids[3]}").json()
+    assert echo["result"] == {"i": 3}
+    failed = api.get(f"/jobs/{ids[14]}").json()
+    assert "this can never work" in failed["error"]
+    history = api.get(f"/jobs/{ids[25]}/attempts").json()
+    assert [h["outcome"] for h in history] == ["failed", "succeeded"]
+    # Deleted in batches: nothing is left visible or in flight.
+    wait_for(lambda: _queue_counts(runtime.sqs) == (0, 0), timeout=30, what="queue drained")
+
+
+def test_claim_many_claims_each_job_once_and_skips_the_unclaimable(
+    api: Any, runtime: Any, db: Any
+) -> None:
+    ids = [uuid.UUID(api.post("/jobs", json={"task": "echo"}).json()["id"]) for _ in range(4)]
+    done, *rest = ids
+    with runtime.sessions.begin() as s:
+        first = transitions.claim_many(s, [done], "w-a", 30, cap=10)
+        transitions.finish_many(
+            s, "w-a", [Finish(first[done], JobStatus.SUCCEEDED, "succeeded", {"ok": True})]
+        )
+    unknown = uuid.uuid4()
+    with runtime.sessions.begin() as s:
+        # A duplicate id, a finished job and an unknown id in one receive.
+        claimed = transitions.claim_many(s, [*rest, rest[0], done, unknown], "w-b", 30, cap=10)
+    assert set(claimed) == set(rest)
+    assert all(c.attempt == 1 and not c.lost_previous for c in claimed.values())
+    with runtime.sessions.begin() as s:
+        again = transitions.claim_many(s, rest, "w-c", 30, cap=10)
+    assert again == {}  # held under a live lease by w-b
+    with runtime.sessions.begin() as s:
+        # w-c's outcome for w-b's attempt must not be written.
+        written = transitions.finish_many(
+            s, "w-c", [Finish(claimed[rest[0]], JobStatus.SUCCEEDED, "succeeded")]
+        )
+    assert written == {}
+    assert Counter(s for s, _ in _statuses(db, [str(i) for i in rest]).values()) == {"running": 3}
+
+
+def test_claim_many_records_the_lost_attempt_of_an_expired_lease(
+    api: Any, runtime: Any, db: Any
+) -> None:
+    job_id = uuid.UUID(api.post("/jobs", json={"task": "echo"}).json()["id"])
+    with runtime.sessions.begin() as s:
+        transitions.claim_many(s, [job_id], "dead-worker", 30, cap=10)
+    with db.cursor() as cur:
+        cur.execute(
+            "UPDATE jobs SET lease_expires_at = now() - interval '1 s' WHERE id = %s",
+            (str(job_id),),
+        )
+    with runtime.sessions.begin() as s:
+        claimed = transitions.claim_many(s, [job_id], "w-new", 30, cap=10)
+    assert claimed[job_id].attempt == 2 and claimed[job_id].lost_previous
+    attempts = api.get(f"/jobs/{job_id}/attempts").json()
+    assert [(a["attempt"], a["outcome"], a["worker_id"]) for a in attempts] == [
+        (1, "lost", "dead-worker")
+    ]
+
+
+def test_duplicates_inside_one_receive_run_the_handler_once(
+    api: Any, worker_factory: Any, runtime: Any, db: Any, settings: Any
+) -> None:
+    job = api.post("/jobs", json={"task": "record"}).json()
+    job_id = uuid.UUID(job["id"])
+    runtime.sqs.send_batch([Outgoing(job_id) for _ in range(5)])
+    worker_factory(settings.model_copy(update={"worker_concurrency": 10}))
+    wait_for(
+        lambda: api.get(f"/jobs/{job['id']}").json()["status"] == "succeeded",
+        timeout=30,
+        what="job to succeed",
+    )
+    wait_for(lambda: _queue_counts(runtime.sqs) == (0, 0), timeout=40, what="copies drained")
+    with db.cursor() as cur:
+        cur.execute("SELECT count(*) FROM test_executions WHERE job_id = %s", (job["id"],))
+        assert cur.fetchone()[0] == 1
