@@ -39,7 +39,9 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from app.runtime import build_runtime
     from worker.runner import Worker
 
-    runtime = build_runtime(settings, pool_size=settings.worker_concurrency + 2)
+    # Handlers do not use our pool: the consumer, completer, heartbeat, DLQ consumer and
+    # duplicate-message checks do, a few at a time.
+    runtime = build_runtime(settings, pool_size=min(settings.worker_concurrency, 4) + 4)
     from app.observability import tracing
 
     tracing.configure()

@@ -44,7 +44,7 @@ class Settings(BaseSettings):
     priority_weights: str = "6,3,1"
 
     # Worker.
-    worker_concurrency: int = Field(4, ge=1, le=256)
+    worker_concurrency: int = Field(16, ge=1, le=256)
     sqs_wait_seconds: int = Field(MAX_WAIT_SECONDS, ge=0, le=MAX_WAIT_SECONDS)
     visibility_timeout_seconds: int = Field(30, ge=5, le=MAX_VISIBILITY_TIMEOUT)
     heartbeat_seconds: float | None = Field(None, gt=0)
