@@ -122,3 +122,24 @@ def test_duplicates_inside_one_receive_run_the_handler_once(
     with db.cursor() as cur:
         cur.execute("SELECT count(*) FROM test_executions WHERE job_id = %s", (job["id"],))
         assert cur.fetchone()[0] == 1
+
+
+def test_worker_never_holds_more_messages_than_its_slots(
+    api: Any, worker_factory: Any, runtime: Any, db: Any, settings: Any
+) -> None:
+    jobs = [{"task": "sleep", "payload": {"seconds": 0.4}} for _ in range(9)]
+    reply = api.post("/jobs/batch", json={"jobs": jobs})
+    ids = [item["job"]["id"] for item in reply.json()["items"]]
+    wait_for(lambda: _queue_counts(runtime.sqs)[0] == 9, what="all 9 messages queued")
+    worker_factory(settings.model_copy(update={"worker_concurrency": 3}))
+    held, running = [], []
+
+    def sample_until_done() -> bool:
+        held.append(_queue_counts(runtime.sqs)[1])
+        states = _statuses(db, ids)
+        running.append(sum(1 for s, _ in states.values() if s == "running"))
+        return all(s == "succeeded" for s, _ in states.values())
+
+    wait_for(sample_until_done, timeout=60, interval=0.05, what="all 9 jobs done")
+    assert max(held) <= 3 and max(running) <= 3, (held, running)
+    assert max(running) >= 2  # it did run jobs side by side
