@@ -8,26 +8,52 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: dev test lint fmt install audit drills bench clean
+.PHONY: dev test lint fmt install tools lock audit drills bench clean
 
 $(BIN)/python:
 	@test -n "$(PYTHON)" || { echo "Python 3.11+ is required"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 
-# Re-install whenever pyproject.toml changes.
-$(STAMP): pyproject.toml | $(BIN)/python
+# Re-install whenever pyproject.toml or the lock changes: exactly the locked, hash-checked set
+# (requirements/dev.lock, made by `make lock`), then the project itself without resolving again.
+$(STAMP): pyproject.toml requirements/dev.lock | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/dev.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	@touch $(STAMP)
 
-# checkov pins old boto3/packaging: it gets a venv of its own so ours stays current.
+# checkov pins old boto3/packaging: it gets a venv of its own so ours stays current. pip-tools
+# and pip-audit live there too, installed in one pip call with checkov so its pins hold.
 TOOLS := .venv-tools
 TOOLS_STAMP := $(TOOLS)/.installed-stamp
+TOOLS_PKGS := 'checkov>=3.3,<4' 'pip-tools>=7.4,<8' 'pip-audit>=2.7,<3'
 $(TOOLS_STAMP):
 	@test -n "$(PYTHON)" || { echo "Python 3.11+ is required"; exit 1; }
 	$(PYTHON) -m venv $(TOOLS)
-	$(TOOLS)/bin/python -m pip install --quiet 'checkov>=3.3,<4'
+	$(TOOLS)/bin/python -m pip install --quiet $(TOOLS_PKGS)
 	@touch $(TOOLS_STAMP)
+
+# Brings a tools venv made before pip-tools/pip-audit joined it up to date (a no-op otherwise).
+tools: $(TOOLS_STAMP)
+	@$(TOOLS)/bin/python -m pip install --quiet $(TOOLS_PKGS)
+
+# Lock files with hashes from pyproject.toml (Python 3.11, like the images):
+# requirements/runtime.lock = [project].dependencies (what Dockerfile.api/.worker install),
+# requirements/dev.lock = extra `dev` (with `local` and `otel`; what make install installs).
+# Existing pins are kept; upgrade with `make lock LOCK_ARGS=--upgrade` (or --upgrade-package X).
+# No index or find-links lines are written, so a machine's local mirrors never leak into them;
+# jobq itself is listed as "unsafe" so dev's self-reference (jobq[local,otel]) is not pinned
+# as a file:// URL (pip-compile then warns that jobq is unpinned: expected, pip never needs it).
+PIP_COMPILE = CUSTOM_COMPILE_COMMAND="make lock" $(TOOLS)/bin/pip-compile --quiet \
+	--generate-hashes --strip-extras --no-emit-find-links --no-emit-index-url \
+	--unsafe-package jobq --unsafe-package pip --unsafe-package setuptools \
+	--unsafe-package distribute $(LOCK_ARGS)
+lock: tools
+	@$(TOOLS)/bin/python -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || { \
+	echo "make lock resolves for $(TOOLS)'s Python, which must be 3.11 like the images:"; \
+	echo "  rm -rf $(TOOLS) && make PYTHON=python3.11 tools"; exit 1; }
+	$(PIP_COMPILE) -o requirements/runtime.lock pyproject.toml
+	$(PIP_COMPILE) --extra dev -o requirements/dev.lock pyproject.toml
 
 install: $(STAMP) $(TOOLS_STAMP)
 
