@@ -124,8 +124,15 @@ def workers(tmp_path: Path) -> Any:
 def test_drill_sigkill_workers_repeatedly(
     database_url: str, sqs_endpoint: str, db: Any, workers: Any
 ) -> None:
+    # A kill costs every job the victim holds one attempt: 4 slots and 10 attempts keep
+    # "killed on every try" (which correctly ends failed) out of a drill about loss.
     settings = make_settings(
-        database_url, sqs_endpoint, visibility_timeout_seconds=5, heartbeat_seconds=1.0
+        database_url,
+        sqs_endpoint,
+        visibility_timeout_seconds=5,
+        heartbeat_seconds=1.0,
+        worker_concurrency=4,
+        max_attempts=10,
     )
     live = [workers(settings) for _ in range(3)]
     started = time.monotonic()

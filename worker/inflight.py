@@ -26,6 +26,7 @@ class Entry:
     message: Message
     ctx: JobContext | None = None
     job: Claimed | None = None
+    completing: bool = False  # the handler is done; its outcome waits for the completer
 
 
 class InFlight:
@@ -111,7 +112,9 @@ class Heartbeat:
         except JobqError as exc:
             log.warning("heartbeat: extending leases failed: %s", exc)
             return
-        for job_id in set(running) - set(held):
+        # A job the completer just finished is no longer 'running': not a lost lease.
+        finishing = {e.ctx.job_id for e in entries if e.ctx is not None and e.completing}
+        for job_id in set(running) - set(held) - finishing:
             log.warning("heartbeat: lease on job lost", extra={"job_id": str(job_id)})
         for e in entries:
             if e.ctx is not None and held.get(e.ctx.job_id):

@@ -228,6 +228,7 @@ class Worker:
             log.exception("running the job crashed; it will be redelivered")
             self.inflight.remove(entry.message)
             return
+        entry.completing = True
         self.completer.submit(Completion(entry.message, job, outcome, ctx.max_attempts))
 
     def _execute(self, job: Claimed, ctx: JobContext) -> Outcome:
