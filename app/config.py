@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     dlq_consumer: bool = True
     metrics_port: int = Field(9100, ge=0, le=65535)  # worker's /metrics; 0 turns it off
 
+    # API ingest: threads that commit concurrent POST /jobs rows together (one INSERT and one
+    # COMMIT for all rows waiting).
+    submit_commit_threads: int = Field(2, ge=1, le=16)
+
     # Dispatcher (re-publishes jobs whose fast-path publish was not confirmed).
     dispatcher: bool = True
     dispatch_after_seconds: float = Field(5.0, ge=0)

@@ -84,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            app.state.jobs.close()  # commits what is queued and hands it to the publisher
             dispatcher.stop()
             publisher.stop()
             runtime.close()

@@ -6,6 +6,7 @@ import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
+from pydantic import BaseModel
 
 from app.jobs.schemas import (
     MAX_LIST_LIMIT,
@@ -38,26 +39,31 @@ def _service(request: Request) -> JobService:
     return request.app.state.jobs  # type: ignore[no-any-return]
 
 
+def _json(model: BaseModel, status_code: int) -> Response:
+    """A model already validated by construction, serialised once (pydantic-core); FastAPI's
+    response_model (kept for the OpenAPI schema) would validate it again, in a worker thread
+    for sync routes."""
+    return Response(model.model_dump_json(), status_code, media_type="application/json")
+
+
 @router.post(
     "/jobs",
     status_code=status.HTTP_201_CREATED,
     response_model=JobOut,
     responses={**_ERRORS, 200: {"model": JobOut, "description": "idempotent replay"}},
 )
-def submit_job(
-    body: JobCreate, request: Request, response: Response, idempotency_key: IdempotencyKey = None
-) -> JobOut:
+async def submit_job(
+    body: JobCreate, request: Request, idempotency_key: IdempotencyKey = None
+) -> Response:
     """Submit a job; it is durable once this returns 201 (200: the original of a replayed key)."""
-    job, created = _service(request).submit(
+    job, created = await _service(request).submit_async(
         body, trace_id=current_trace_id(request.headers), header_key=idempotency_key
     )
-    if not created:
-        response.status_code = status.HTTP_200_OK
-    return JobOut.model_validate(job)
+    return _json(job, status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
 
 @router.post("/jobs/batch", response_model=BatchResult, responses=_ERRORS)
-def submit_batch(body: JobBatchCreate, request: Request) -> BatchResult:
+def submit_batch(body: JobBatchCreate, request: Request) -> Response:
     """Submit many jobs in one transaction; invalid items are reported (or reject all if atomic)."""
     results = _service(request).submit_batch(
         body.jobs, atomic=body.atomic, trace_id=current_trace_id(request.headers)
@@ -69,13 +75,14 @@ def submit_batch(body: JobBatchCreate, request: Request) -> BatchResult:
             items.append(BatchItemResult(index=index, status="error", error=detail))
         else:
             kind = "created" if created else "existing"
-            items.append(BatchItemResult(index=index, status=kind, job=JobOut.model_validate(job)))
-    return BatchResult(
+            items.append(BatchItemResult(index=index, status=kind, job=job))
+    result = BatchResult(
         created=sum(i.status == "created" for i in items),
         existing=sum(i.status == "existing" for i in items),
         errors=sum(i.status == "error" for i in items),
         items=items,
     )
+    return _json(result, status.HTTP_200_OK)
 
 
 @router.get("/jobs", response_model=JobList, responses=_ERRORS)

@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import copy
 import hashlib
 import json
 import logging
+import queue
+import threading
 import uuid
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import anyio.to_thread
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.db import translate_db_errors
-from app.errors import Conflict, InvalidInput, JobqError, NotFound
+from app.errors import Conflict, DatabaseUnavailable, InvalidInput, JobqError, NotFound
 from app.jobs import commands, store
 from app.jobs.models import Job, JobAttempt
-from app.jobs.schemas import JobCreate, RedriveRequest
+from app.jobs.schemas import JobCreate, JobOut, RedriveRequest
 from app.jobs.states import JobStatus
 from app.observability import tracing
 from app.observability.metrics import JOBS_CREATED
@@ -35,6 +44,156 @@ def request_hash(req: JobCreate) -> str:
     return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
 
 
+Row = dict[str, Any]
+
+
+def created_view(row: Row, created_at: datetime, updated_at: datetime) -> JobOut:
+    """A just-inserted job as the API shows it, from its row and the timestamps PostgreSQL set
+    (no read back: everything else is what was written)."""
+    return JobOut.model_validate(
+        {
+            **row,
+            "result": None,
+            "error": None,
+            "attempts": 0,
+            "created_at": created_at,
+            "updated_at": updated_at,
+            "started_at": None,
+            "finished_at": None,
+            "cancel_requested_at": None,
+            "dead_lettered_at": None,
+        }
+    )
+
+
+@dataclass(slots=True)
+class _Waiter:
+    row: Row
+    future: asyncio.Future[JobOut]
+    loop: asyncio.AbstractEventLoop
+
+
+class GroupCommit:
+    """Commits the rows of concurrent submissions together.
+
+    Each of `threads` threads takes every row waiting (up to `max_rows`) and writes them with
+    `insert` (one multi-row INSERT, one COMMIT); each waiter hears back only after that commit,
+    so a 201 still means durable. Under load many requests share one transaction and one fsync;
+    alone, a request waits for nothing but its own commit. A batch that fails for a reason other
+    than the database being unreachable is retried row by row, so only the bad row fails.
+    `after_commit` runs once per committed batch (publishing) and must not raise.
+    """
+
+    def __init__(
+        self,
+        insert: Callable[[list[Row]], list[JobOut]],
+        after_commit: Callable[[list[Row]], None],
+        *,
+        threads: int = 2,
+        max_rows: int = 500,
+    ) -> None:
+        self._insert = insert
+        self._after_commit = after_commit
+        self._threads_wanted = max(1, threads)
+        self._max_rows = max(1, max_rows)
+        self._queue: queue.SimpleQueue[_Waiter | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def submit(self, row: Row) -> asyncio.Future[JobOut]:
+        """Queue one row (from the event loop); the future resolves once it is committed."""
+        if not self._threads:
+            self._start()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[JobOut] = loop.create_future()
+        self._queue.put(_Waiter(row, future, loop))
+        return future
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._closed:
+                raise DatabaseUnavailable("the API is shutting down")
+            while len(self._threads) < self._threads_wanted:
+                thread = threading.Thread(
+                    target=self._run, name=f"jobq-insert-{len(self._threads)}", daemon=True
+                )
+                thread.start()
+                self._threads.append(thread)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Commit what is queued, then stop the threads."""
+        with self._lock:
+            self._closed = True
+            threads, self._threads = self._threads, []
+        for _ in threads:
+            self._queue.put(None)
+        for thread in threads:
+            thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < self._max_rows:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            self._commit(batch)
+            if stop:
+                return
+
+    def _commit(self, batch: list[_Waiter]) -> None:
+        rows = [w.row for w in batch]
+        try:
+            views = self._insert(rows)
+        except DatabaseUnavailable as exc:
+            self._settle(batch, [None] * len(batch), [copy.copy(exc) for _ in batch])
+            return
+        except Exception as exc:  # noqa: BLE001 - handed to the waiting request
+            if len(batch) == 1:
+                self._settle(batch, [None], [exc])
+            else:
+                for waiter in batch:  # find the bad row; the others still commit
+                    self._commit([waiter])
+            return
+        self._settle(batch, views, [None] * len(batch))
+        try:
+            self._after_commit(rows)
+        except Exception:  # noqa: BLE001 - committed rows are published by the dispatcher
+            log.exception("publishing committed jobs failed; the dispatcher will send them")
+
+    @staticmethod
+    def _settle(
+        batch: list[_Waiter], views: Sequence[JobOut | None], errors: Sequence[BaseException | None]
+    ) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, ...]]] = {}
+        for waiter, view, error in zip(batch, views, errors, strict=True):
+            by_loop.setdefault(waiter.loop, []).append((waiter.future, view, error))
+        for loop, outcomes in by_loop.items():
+            # A closed loop: nobody is waiting any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_resolve, outcomes)
+
+
+def _resolve(outcomes: list[tuple[Any, ...]]) -> None:
+    for future, view, error in outcomes:
+        if future.done():  # the request was cancelled; its row is committed all the same
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(view)
+
+
 class JobService:
     """Submit, read, list, cancel, retry and redrive jobs."""
 
@@ -49,10 +208,20 @@ class JobService:
         self._registry = registry
         self._publisher = publisher
         self._settings = settings
+        self._group = GroupCommit(
+            self._insert_plain,
+            self._announce,
+            threads=settings.submit_commit_threads,
+            max_rows=settings.batch_max_jobs,
+        )
+
+    def close(self) -> None:
+        """Commit (and hand to the publisher) every submission still waiting."""
+        self._group.close()
 
     # -- submit ---------------------------------------------------------------------------
 
-    def row_for(self, req: JobCreate, *, trace_id: str | None, key: str | None) -> dict[str, Any]:
+    def row_for(self, req: JobCreate, *, trace_id: str | None, key: str | None) -> Row:
         """Validate one request and build its row (raises InvalidInput naming the field)."""
         spec = self._registry.get(req.task)
         check_payload(req.payload, max_depth=self._settings.max_payload_depth)
@@ -70,7 +239,7 @@ class JobService:
         if req.delay_seconds:
             run_at = now + timedelta(seconds=req.delay_seconds)
         far = run_at is not None and (run_at - now).total_seconds() > MAX_DELAY_SECONDS
-        row: dict[str, Any] = {
+        row: Row = {
             "id": uuid.uuid4(),
             "task": req.task,
             # Beyond SQS's 15-minute delay the job waits in PostgreSQL until the dispatcher
@@ -91,25 +260,48 @@ class JobService:
             )
         return row
 
+    async def submit_async(
+        self, req: JobCreate, *, trace_id: str | None = None, header_key: str | None = None
+    ) -> tuple[JobOut, bool]:
+        """submit() for the event loop: plain rows are committed together with concurrent
+        submissions (GroupCommit); keyed ones in a worker thread."""
+        key = _key(header_key, req.idempotency_key)
+        row = self.row_for(req, trace_id=trace_id, key=key)
+        with tracing.span("jobq.submit", trace_id, task=req.task, job_id=row["id"]):
+            if key is None:
+                return await self._group.submit(row), True
+            return await anyio.to_thread.run_sync(self._submit_keyed, row)
+
     def submit(
         self, req: JobCreate, *, trace_id: str | None = None, header_key: str | None = None
-    ) -> tuple[Job, bool]:
+    ) -> tuple[JobOut, bool]:
         """Commit the job (or find its idempotent original), then publish; (job, created)."""
         key = _key(header_key, req.idempotency_key)
         row = self.row_for(req, trace_id=trace_id, key=key)
-        with (
-            tracing.span("jobq.submit", trace_id, task=req.task, job_id=row["id"]),
-            translate_db_errors(),
-            self._sessions.begin() as session,
-        ):
-            job, created = self._insert_one(session, row)
-        if created:
-            self._publish([job])
-        return job, created
+        with tracing.span("jobq.submit", trace_id, task=req.task, job_id=row["id"]):
+            if key is not None:
+                return self._submit_keyed(row)
+            view = self._insert_plain([row])[0]
+        self._announce([row])
+        return view, True
 
-    def _insert_one(self, session: Session, row: dict[str, Any]) -> tuple[Job, bool]:
-        if row.get("idempotency_key") is None:
-            return store.insert_jobs(session, [row])[0], True
+    def _insert_plain(self, rows: list[Row]) -> list[JobOut]:
+        """Insert and commit rows without idempotency keys; their API views, in order."""
+        with translate_db_errors(), self._sessions.begin() as session:
+            stamps = store.insert_jobs(session, rows)
+        return [
+            created_view(row, stamp.created_at, stamp.updated_at)
+            for row, stamp in zip(rows, stamps, strict=True)
+        ]
+
+    def _submit_keyed(self, row: Row) -> tuple[JobOut, bool]:
+        with translate_db_errors(), self._sessions.begin() as session:
+            job, created = self._insert_keyed(session, row)
+        if created:
+            self._announce([row])
+        return JobOut.model_validate(job), created
+
+    def _insert_keyed(self, session: Session, row: Row) -> tuple[Job, bool]:
         job, created = store.insert_idempotent(session, row)
         if not created and job.request_hash != row["request_hash"]:
             raise Conflict(
@@ -121,7 +313,7 @@ class JobService:
 
     def submit_batch(
         self, reqs: list[JobCreate], *, atomic: bool, trace_id: str | None = None
-    ) -> list[tuple[Job | None, bool, JobqError | None]]:
+    ) -> list[tuple[JobOut | None, bool, JobqError | None]]:
         """Validate every item, insert the valid ones in one transaction, then publish them.
 
         With `atomic`, any invalid item rejects the whole batch (InvalidInput per item).
@@ -130,7 +322,7 @@ class JobService:
             raise InvalidInput(
                 f"at most {self._settings.batch_max_jobs} jobs per batch", field="jobs"
             )
-        rows: list[dict[str, Any] | JobqError] = []
+        rows: list[Row | JobqError] = []
         for index, req in enumerate(reqs):
             try:
                 rows.append(self.row_for(req, trace_id=trace_id, key=req.idempotency_key))
@@ -144,39 +336,50 @@ class JobService:
                 + "; ".join(f"{e.field}: {e.message}" for e in errors[:5]),
                 field=errors[0].field,
             )
-        results: list[tuple[Job | None, bool, JobqError | None]] = []
+        results: list[tuple[JobOut | None, bool, JobqError | None]] = []
+        created_rows: list[Row] = []
         with translate_db_errors(), self._sessions.begin() as session:
             plain = [r for r in rows if isinstance(r, dict) and not r.get("idempotency_key")]
-            inserted = {j.id: j for j in store.insert_jobs(session, plain)}
+            stamps = {s.id: s for s in store.insert_jobs(session, plain)}
+            created_rows.extend(plain)
             for r in rows:
                 if isinstance(r, JobqError):
                     results.append((None, False, r))
-                elif r["id"] in inserted:
-                    results.append((inserted[r["id"]], True, None))
+                elif (stamp := stamps.get(r["id"])) is not None:
+                    view = created_view(r, stamp.created_at, stamp.updated_at)
+                    results.append((view, True, None))
                 else:
                     try:
-                        job, created = self._insert_one(session, r)
-                        results.append((job, created, None))
+                        job, created = self._insert_keyed(session, r)
                     except Conflict as exc:
                         if atomic:
                             raise
                         results.append((None, False, exc))
-        self._publish([job for job, created, _ in results if job is not None and created])
+                        continue
+                    results.append((JobOut.model_validate(job), created, None))
+                    if created:
+                        created_rows.append(r)
+        self._announce(created_rows)
         return results
 
-    def _publish(self, jobs: list[Job], *, created: bool = True) -> None:
-        """After commit only: a message must never name a job that does not exist."""
+    def _announce(self, rows: list[Row]) -> None:
+        """After commit only: count, log and publish new jobs (a message must never name a
+        job that does not exist)."""
+        for task, n in Counter(r["task"] for r in rows).items():
+            JOBS_CREATED.labels(task).inc(n)
+        verbose = log.isEnabledFor(logging.INFO)
+        for r in rows:
+            if verbose:
+                log.info("job submitted", extra={"job_id": str(r["id"]), "task": r["task"]})
+            if r["status"] == JobStatus.QUEUED.value:
+                out = _outgoing(r["id"], r["trace_id"], r["run_at"], r["priority"])
+                self._publisher.publish(out)
+
+    def _publish(self, jobs: list[Job]) -> None:
+        """Publish re-enqueued jobs, after their commit."""
         for job in jobs:
-            if created:
-                JOBS_CREATED.labels(job.task).inc()
-                log.info("job submitted", extra={"job_id": str(job.id), "task": job.task})
             if job.status == JobStatus.QUEUED.value:
-                delay = 0
-                if job.run_at is not None:
-                    delay = max(0, int((job.run_at - datetime.now(UTC)).total_seconds() + 0.999))
-                self._publisher.publish(
-                    Outgoing(job.id, job.trace_id, min(delay, MAX_DELAY_SECONDS), job.priority)
-                )
+                self._publisher.publish(_outgoing(job.id, job.trace_id, job.run_at, job.priority))
 
     # -- read -------------------------------------------------------------------------------
 
@@ -221,7 +424,7 @@ class JobService:
             jobs = commands.requeue(session, ids=[job_id])
             if not jobs:
                 self._explain_refusal(session, job_id, "retry")
-        self._publish(jobs, created=False)
+        self._publish(jobs)
         return jobs[0]
 
     def redrive(self, req: RedriveRequest) -> list[Job]:
@@ -237,7 +440,7 @@ class JobService:
                 dead_lettered_only=req.dead_lettered_only,
                 limit=req.limit,
             )
-        self._publish(jobs, created=False)
+        self._publish(jobs)
         return jobs
 
     @staticmethod
@@ -246,6 +449,15 @@ class JobService:
         if job is None:
             raise NotFound(f"job {job_id} not found", field="id")
         raise Conflict(f"cannot {action} a job that is {job.status}", field="status")
+
+
+def _outgoing(
+    job_id: uuid.UUID, trace_id: str | None, run_at: datetime | None, priority: str
+) -> Outgoing:
+    delay = 0
+    if run_at is not None:
+        delay = max(0, int((run_at - datetime.now(UTC)).total_seconds() + 0.999))
+    return Outgoing(job_id, trace_id, min(delay, MAX_DELAY_SECONDS), priority)
 
 
 def _key(header: str | None, body: str | None) -> str | None:

@@ -7,9 +7,9 @@ import binascii
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import and_, delete, insert, select, text, tuple_, update
+from sqlalchemy import Connection, Row, Table, and_, delete, insert, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -19,13 +19,23 @@ from app.jobs.states import FINAL, JobStatus
 from app.queue import Outgoing
 from app.sqs_limits import MAX_DELAY_SECONDS
 
+JOBS = cast(Table, Job.__table__)
 
-def insert_jobs(session: Session, rows: list[dict[str, Any]]) -> list[Job]:
-    """Insert jobs without idempotency keys in one statement; return them in order."""
+# Core, not ORM: no entities are built for rows the caller already holds; the database adds
+# only these server defaults. Many rows become one multi-row INSERT, returned in input order.
+_INSERT = insert(JOBS).returning(
+    JOBS.c.id, JOBS.c.created_at, JOBS.c.updated_at, sort_by_parameter_order=True
+)
+
+
+def insert_jobs(
+    conn: Connection | Session, rows: list[dict[str, Any]]
+) -> list[Row[tuple[uuid.UUID, datetime, datetime]]]:
+    """Insert jobs without idempotency keys in one statement (every row with the same keys);
+    return (id, created_at, updated_at) per row, in order."""
     if not rows:
         return []
-    by_id = {j.id: j for j in session.scalars(insert(Job).returning(Job), rows)}
-    return [by_id[r["id"]] for r in rows]
+    return list(conn.execute(_INSERT, rows).all())
 
 
 def insert_idempotent(session: Session, values: dict[str, Any]) -> tuple[Job, bool]:
