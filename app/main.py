@@ -100,7 +100,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     limiter = (
         RateLimiter(settings.submit_rate, settings.submit_burst) if settings.submit_rate else None
     )
-    app.add_middleware(ApiKeyAuth, enabled=settings.auth == "required", limiter=limiter)
+    app.add_middleware(
+        ApiKeyAuth,
+        enabled=settings.auth == "required",
+        limiter=limiter,
+        cache_seconds=min(1.0, settings.keys_reload_seconds),
+    )
     app.add_middleware(HttpMetrics)  # outermost: measures everything, 401s included
     app.include_router(health.router)
     app.include_router(ops_routes.router)

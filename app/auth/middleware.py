@@ -11,7 +11,7 @@ from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.auth.keys import KeySet, Principal, credential
+from app.auth.keys import KeySet, Principal, credential, hash_key
 from app.http_errors import error_response
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz"})
@@ -41,12 +41,30 @@ class RateLimiter:
 
 
 class ApiKeyAuth:
-    """Pure ASGI middleware: require a valid key (when enabled), apply the submit rate limit."""
+    """Pure ASGI middleware: require a valid key (when enabled), apply the submit rate limit.
 
-    def __init__(self, app: ASGIApp, *, enabled: bool, limiter: RateLimiter | None) -> None:
+    A key accepted once is trusted for `cache_seconds` without asking the KeySet again (whose
+    lookup may read the keys table, so it runs in a worker thread): a request then needs no
+    thread hand-off for authentication. Revocation takes effect within the KeySet's reload
+    interval plus `cache_seconds`.
+    """
+
+    CACHE_MAX = 1024
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        enabled: bool,
+        limiter: RateLimiter | None,
+        cache_seconds: float = 1.0,
+    ) -> None:
         self.app = app
         self.enabled = enabled
         self.limiter = limiter
+        self.cache_seconds = cache_seconds
+        # sha256(key) -> (principal, trusted until); only accepted keys.
+        self._accepted: dict[str, tuple[Principal, float]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
@@ -65,7 +83,7 @@ class ApiKeyAuth:
         if self.enabled:
             keys: KeySet = scope["app"].state.keys
             key = credential(Headers(scope=scope).get("authorization"))
-            principal: Principal | None = await run_in_threadpool(keys.lookup, key) if key else None
+            principal = await self._lookup(keys, key) if key else None
             if principal is None:
                 scheme = 'Basic realm="jobq"' if path.startswith("/dashboard") else "Bearer"
                 return error_response(
@@ -90,3 +108,18 @@ class ApiKeyAuth:
                     headers={"Retry-After": str(max(1, math.ceil(wait)))},
                 )
         return None
+
+    async def _lookup(self, keys: KeySet, key: str) -> Principal | None:
+        digest = hash_key(key)
+        now = time.monotonic()
+        cached = self._accepted.get(digest)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        principal: Principal | None = await run_in_threadpool(keys.lookup, key)
+        if principal is None:
+            self._accepted.pop(digest, None)
+        elif self.cache_seconds > 0:
+            if len(self._accepted) >= self.CACHE_MAX:
+                self._accepted.clear()
+            self._accepted[digest] = (principal, now + self.cache_seconds)
+        return principal
