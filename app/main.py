@@ -107,8 +107,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         cache_seconds=min(1.0, settings.keys_reload_seconds),
     )
     app.add_middleware(HttpMetrics)  # outermost: measures everything, 401s included
+    app.include_router(job_routes.router)  # first: the hot routes match without scanning others
     app.include_router(health.router)
     app.include_router(ops_routes.router)
     app.include_router(dashboard_routes.router)
-    app.include_router(job_routes.router)
     return app
