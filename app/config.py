@@ -55,8 +55,10 @@ class Settings(BaseSettings):
     metrics_port: int = Field(9100, ge=0, le=65535)  # worker's /metrics; 0 turns it off
 
     # API ingest: threads that commit concurrent POST /jobs rows together (one INSERT and one
-    # COMMIT for all rows waiting).
+    # COMMIT for all rows waiting), and the publisher's SendMessageBatch threads and linger.
     submit_commit_threads: int = Field(2, ge=1, le=16)
+    publish_threads: int = Field(3, ge=1, le=16)
+    publish_linger_ms: float = Field(5.0, ge=0, le=1000)
 
     # Dispatcher (re-publishes jobs whose fast-path publish was not confirmed).
     dispatcher: bool = True

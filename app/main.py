@@ -58,13 +58,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = build_runtime(settings)
-        publisher = Publisher(runtime.sqs, runtime.sessions)
+        publisher = Publisher(
+            runtime.sqs,
+            runtime.sessions,
+            threads=settings.publish_threads,
+            linger_seconds=settings.publish_linger_ms / 1000,
+        )
         dispatcher = Dispatcher(
             runtime.sqs,
             runtime.sessions,
             after_seconds=settings.dispatch_after_seconds,
             interval_seconds=settings.dispatch_interval_seconds,
             retention_days=settings.retention_days,
+            defer=lambda: publisher.lagging(settings.dispatch_after_seconds / 2),
         )
         app.state.runtime = runtime
         app.state.publisher = publisher

@@ -1,18 +1,21 @@
 """The POST /jobs fast path: concurrent submissions committed together (GroupCommit), answers
-built without reading the row back."""
+built without reading the row back, and the publisher's batching, lingering and parallel sends."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 
-from app.errors import DatabaseUnavailable
+from app.errors import DatabaseUnavailable, JobqError
 from app.jobs.service import GroupCommit
+from app.publisher import Publisher
+from app.queue import Outgoing
 from tests.helpers import wait_for
 
 # -- GroupCommit, on its own ------------------------------------------------------------------
@@ -167,3 +170,140 @@ def test_keyed_and_plain_submissions_mix(api: Any) -> None:
         codes = [r.status_code for r in pool.map(post, range(30))]
     assert codes.count(201) == 15 + 3  # every plain one, and the first of each key
     assert codes.count(200) + codes.count(409) == 12
+
+
+# -- Publisher -----------------------------------------------------------------------------------
+
+
+class FakeSqs:
+    """Records SendMessageBatch calls; accepts everything."""
+
+    def __init__(self, latency: float = 0.0) -> None:
+        self.calls: list[list[uuid.UUID]] = []
+        self.latency = latency
+        self.lock = threading.Lock()
+        self.concurrent = 0
+        self.max_concurrent = 0
+
+    def url_for(self, priority: str) -> str:
+        return f"queue-{priority}"
+
+    def send_batch(self, items: list[Outgoing]) -> list[uuid.UUID]:
+        assert len(items) <= 10 and len({self.url_for(i.priority) for i in items}) == 1
+        with self.lock:
+            self.concurrent += 1
+            self.max_concurrent = max(self.max_concurrent, self.concurrent)
+        time.sleep(self.latency)
+        with self.lock:
+            self.concurrent -= 1
+            self.calls.append([i.job_id for i in items])
+        return [i.job_id for i in items]
+
+
+class FakeSessions:
+    """Records the ids each confirming transaction marks published."""
+
+    def __init__(self) -> None:
+        self.marked: list[list[str]] = []
+
+    def begin(self) -> Any:
+        sessions = self
+
+        class Txn:
+            def __enter__(self) -> Any:
+                return self
+
+            def __exit__(self, *exc: Any) -> None:
+                return None
+
+            def execute(self, stmt: Any, params: dict[str, Any]) -> None:
+                sessions.marked.append(list(params["ids"]))
+
+        return Txn()
+
+
+def test_publisher_lingers_to_fill_a_call_at_low_load() -> None:
+    sqs, sessions = FakeSqs(), FakeSessions()
+    publisher = Publisher(sqs, sessions, threads=1, linger_seconds=0.5)  # type: ignore[arg-type]
+    publisher.start()
+    ids = [uuid.uuid4() for _ in range(10)]
+    try:
+        for i in ids:
+            publisher.publish(Outgoing(i))
+            time.sleep(0.005)  # a trickle, slower than one call per id would need
+        wait_for(lambda: sum(len(c) for c in sqs.calls) == 10, what="the ids sent")
+    finally:
+        publisher.stop()
+    assert sqs.calls == [ids]  # one full call, not ten
+    assert sorted(i for m in sessions.marked for i in m) == sorted(str(i) for i in ids)
+
+
+def test_publisher_sends_a_burst_in_parallel_and_confirms_in_few_updates() -> None:
+    sqs, sessions = FakeSqs(latency=0.01), FakeSessions()
+    publisher = Publisher(sqs, sessions, threads=3, linger_seconds=0.005)  # type: ignore[arg-type]
+    ids = [uuid.uuid4() for _ in range(1000)]
+    for n, i in enumerate(ids):  # queued before the threads start: one burst
+        publisher.publish(Outgoing(i, priority=("high", "default")[n % 2]))
+    publisher.start()
+    try:
+        wait_for(lambda: sum(len(c) for c in sqs.calls) == 1000, what="the burst sent")
+    finally:
+        publisher.stop()
+    assert sorted(i for c in sqs.calls for i in c) == sorted(ids)
+    assert len(sqs.calls) == 100  # full calls of 10, per queue
+    assert sqs.max_concurrent >= 2
+    marked = [i for m in sessions.marked for i in m]
+    assert sorted(marked) == sorted(str(i) for i in ids)
+    assert len(sessions.marked) <= 10  # one UPDATE per many calls
+
+
+def test_publisher_failures_leave_rows_to_the_dispatcher() -> None:
+    class DownSqs(FakeSqs):
+        def send_batch(self, items: list[Outgoing]) -> list[uuid.UUID]:
+            raise JobqError("queue unavailable")
+
+    sqs, sessions = DownSqs(), FakeSessions()
+    publisher = Publisher(sqs, sessions, threads=2, linger_seconds=0)  # type: ignore[arg-type]
+    publisher.start()
+    try:
+        for _ in range(25):
+            publisher.publish(Outgoing(uuid.uuid4()))
+    finally:
+        publisher.stop()
+    assert sessions.marked == []  # nothing confirmed: the dispatcher re-sends them later
+
+
+def test_dispatcher_leaves_overdue_rows_to_a_lagging_publisher(
+    db: Any, settings: Any, runtime: Any
+) -> None:
+    from app.publisher import Dispatcher
+
+    with db.cursor() as cur:
+        cur.execute(
+            """INSERT INTO jobs (id, task, max_attempts, updated_at)
+               SELECT gen_random_uuid(), 'echo', 3, now() - interval '1 minute'
+               FROM generate_series(1, 5)"""
+        )
+    lagging = True
+    dispatcher = Dispatcher(
+        runtime.sqs, runtime.sessions, after_seconds=1, interval_seconds=1, defer=lambda: lagging
+    )
+    assert dispatcher.run_once() == 0  # the publisher still holds them: no double send
+    lagging = False
+    assert dispatcher.run_once() == 5
+
+
+def test_publisher_reports_lag_only_while_a_backlog_waits() -> None:
+    sqs, sessions = FakeSqs(latency=0.005), FakeSessions()
+    publisher = Publisher(sqs, sessions, threads=1, linger_seconds=0)  # type: ignore[arg-type]
+    for _ in range(1000):  # more than one cycle takes
+        publisher.publish(Outgoing(uuid.uuid4()))
+    time.sleep(0.2)  # the backlog has waited 0.2 s when the collector starts
+    assert not publisher.lagging(0.1)  # nothing taken yet: no lag measured
+    publisher.start()
+    try:
+        wait_for(lambda: publisher.lagging(0.1), what="the lag to be seen")
+        wait_for(lambda: sum(len(c) for c in sqs.calls) == 1000, what="the backlog sent")
+        assert not publisher.lagging(0.1)
+    finally:
+        publisher.stop()

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Connection, Row, Table, and_, delete, insert, select, text, tuple_, update
+from sqlalchemy import Connection, Row, Table, delete, insert, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -131,14 +131,16 @@ def list_jobs(
     return rows, None
 
 
-def mark_published(session: Session, job_ids: Sequence[uuid.UUID]) -> None:
-    """Record that SQS accepted a message for each job."""
+_MARK_PUBLISHED = text(
+    "UPDATE jobs SET published_at = now() WHERE id = ANY(CAST(:ids AS uuid[]))"
+    " AND published_at IS NULL"
+)
+
+
+def mark_published(conn: Connection | Session, job_ids: Sequence[uuid.UUID]) -> None:
+    """Record that SQS accepted a message for each job (one plain UPDATE, no ORM state)."""
     if job_ids:
-        session.execute(
-            update(Job)
-            .where(and_(Job.id.in_(list(job_ids)), Job.published_at.is_(None)))
-            .values(published_at=text("now()"))
-        )
+        conn.execute(_MARK_PUBLISHED, {"ids": [str(i) for i in job_ids]})
 
 
 def claim_unpublished(session: Session, *, older_than_seconds: float, limit: int) -> list[Outgoing]:
