@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from app.config import Settings, get_settings
 from app.db import masked_url
@@ -19,13 +20,19 @@ log = logging.getLogger("jobq.cli")
 
 
 def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
-    """Serve the HTTP API with uvicorn."""
+    """Serve the HTTP API with uvicorn (several processes with --workers / JOBQ_API_WORKERS)."""
     import uvicorn
 
     from app.main import create_app
 
+    workers = args.workers or settings.api_workers
+    # With several processes each builds its own app from the environment (its own pool,
+    # publisher and dispatcher); uvicorn's supervisor restarts a worker that dies.
+    target: Any = create_app(settings) if workers == 1 else "app.main:create_app"
     uvicorn.run(
-        create_app(settings),
+        target,
+        factory=workers > 1,
+        workers=workers,
         host=settings.host,
         port=settings.port,
         log_config=None,
@@ -163,6 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         if name == "migrate":
             p.add_argument("revision", nargs="?", default="head")
+        elif name == "api":
+            p.add_argument(
+                "--workers",
+                type=int,
+                default=0,
+                help="API processes (default JOBQ_API_WORKERS, 1): each uses one core at most",
+            )
         elif name == "dlq":
             from app import cli_dlq
 

@@ -57,6 +57,7 @@ class Settings(BaseSettings):
     # API ingest: threads that commit concurrent POST /jobs rows together (one INSERT and one
     # COMMIT for all rows waiting), and the publisher's SendMessageBatch threads and linger.
     submit_commit_threads: int = Field(2, ge=1, le=16)
+    api_workers: int = Field(1, ge=1, le=64)  # `jobq api` processes (uvicorn --workers)
     publish_threads: int = Field(3, ge=1, le=16)
     publish_linger_ms: float = Field(5.0, ge=0, le=1000)
 

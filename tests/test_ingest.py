@@ -307,3 +307,58 @@ def test_publisher_reports_lag_only_while_a_backlog_waits() -> None:
         assert not publisher.lagging(0.1)
     finally:
         publisher.stop()
+
+
+# -- jobq api --workers ---------------------------------------------------------------------------
+
+
+def test_api_with_several_worker_processes(settings: Any, db: Any, tmp_path: Any) -> None:
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    import httpx
+
+    from tests.helpers import ROOT, settings_env
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    log = open(tmp_path / "api.log", "ab")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "api", "--workers", "2"],
+        env=settings_env(settings, HOST="127.0.0.1", PORT=str(port)),
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+
+        def ready() -> bool:
+            try:
+                return httpx.get(url + "/readyz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(ready, timeout=60, what="the API's two processes")
+        with httpx.Client(base_url=url, timeout=10) as client:
+            codes = [client.post("/jobs", json={"task": "echo"}).status_code for _ in range(20)]
+        assert codes == [201] * 20
+
+        def all_published() -> bool:
+            with db.cursor() as cur:
+                cur.execute("SELECT count(*) FROM jobs WHERE published_at IS NOT NULL")
+                return int(cur.fetchone()[0]) == 20
+
+        wait_for(all_published, what="every job published by the process that took it")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+    output = (tmp_path / "api.log").read_text()
+    assert "Traceback" not in output, output
