@@ -28,7 +28,7 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
     workers = args.workers or settings.api_workers
     # With several processes each builds its own app from the environment (its own pool,
     # publisher and dispatcher); uvicorn's supervisor restarts a worker that dies.
-    target: Any = create_app(settings) if workers == 1 else "app.main:create_app"
+    target: Any = create_app(settings, tune_gc=True) if workers == 1 else "app.main:serving_app"
     uvicorn.run(
         target,
         factory=workers > 1,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -49,7 +50,26 @@ def require_some_key(keys: KeySet, runtime: Runtime) -> None:
     )
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def tune_gc_for_serving() -> None:
+    """Garbage-collector settings for a long-running API process (not for tests).
+
+    Measured at ~500 POST /jobs per second with the defaults: ~65 collections a second, and a
+    full one every ~2 s that scanned everything start-up built (~150,000 objects: modules,
+    pydantic and SQLAlchemy metadata, botocore models), pausing every thread for 100-200 ms:
+    most of the p99. Start-up objects are frozen (never scanned again) and young collections
+    run ~14x less often.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 50, 100)
+
+
+def serving_app() -> FastAPI:
+    """The app `jobq api` serves (uvicorn's factory in each of several worker processes)."""
+    return create_app(tune_gc=True)
+
+
+def create_app(settings: Settings | None = None, *, tune_gc: bool = False) -> FastAPI:
     """Build the API; connections open lazily and background threads start with the app."""
     settings = settings or get_settings()
     configure_logging(settings)
@@ -87,6 +107,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         publisher.start()
         if settings.dispatcher:
             dispatcher.start()
+        if tune_gc:
+            tune_gc_for_serving()
         try:
             yield
         finally:
