@@ -172,6 +172,25 @@ def test_keyed_and_plain_submissions_mix(api: Any) -> None:
     assert codes.count(200) + codes.count(409) == 12
 
 
+def test_submit_log_line_carries_the_request_trace_id(settings: Any, capsys: Any) -> None:
+    import json
+
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    with TestClient(create_app(settings.model_copy(update={"log_format": "json"}))) as client:
+        job = client.post(
+            "/jobs",
+            json={"task": "echo"},
+            headers={"traceparent": f"00-{trace}-00f067aa0ba902b7-01"},
+        ).json()
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    submitted = [x for x in lines if x["event"] == "job submitted" and x["job_id"] == job["id"]]
+    assert len(submitted) == 1 and submitted[0]["trace_id"] == trace
+
+
 # -- Publisher -----------------------------------------------------------------------------------
 
 

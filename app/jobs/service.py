@@ -370,7 +370,9 @@ class JobService:
         verbose = log.isEnabledFor(logging.INFO)
         for r in rows:
             if verbose:
-                log.info("job submitted", extra={"job_id": str(r["id"]), "task": r["task"]})
+                # Explicit trace id: this may run on a GroupCommit thread, outside the request.
+                extra = {"job_id": str(r["id"]), "task": r["task"], "trace_id": r["trace_id"]}
+                log.info("job submitted", extra=extra)
             if r["status"] == JobStatus.QUEUED.value:
                 out = _outgoing(r["id"], r["trace_id"], r["run_at"], r["priority"])
                 self._publisher.publish(out)
