@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from app.errors import DatabaseUnavailable, JobqError
-from app.jobs.service import GroupCommit
+from app.jobs.group_commit import GroupCommit
 from app.publisher import Publisher
 from app.queue import Outgoing
 from tests.helpers import wait_for

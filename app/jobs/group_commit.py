@@ -1,0 +1,148 @@
+"""Group commit: concurrent submissions share one INSERT and one COMMIT."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from app.errors import DatabaseUnavailable
+from app.jobs.schemas import JobOut
+
+log = logging.getLogger("jobq.jobs")
+
+Row = dict[str, Any]
+
+
+@dataclass(slots=True)
+class _Waiter:
+    row: Row
+    future: asyncio.Future[JobOut]
+    loop: asyncio.AbstractEventLoop
+
+
+class GroupCommit:
+    """Commits the rows of concurrent submissions together.
+
+    Each of `threads` threads takes every row waiting (up to `max_rows`) and writes them with
+    `insert` (one multi-row INSERT, one COMMIT); each waiter hears back only after that commit,
+    so a 201 still means durable. Under load many requests share one transaction and one fsync;
+    alone, a request waits for nothing but its own commit. A batch that fails for a reason other
+    than the database being unreachable is retried row by row, so only the bad row fails.
+    `after_commit` runs once per committed batch (publishing) and must not raise.
+    """
+
+    def __init__(
+        self,
+        insert: Callable[[list[Row]], list[JobOut]],
+        after_commit: Callable[[list[Row]], None],
+        *,
+        threads: int = 2,
+        max_rows: int = 500,
+    ) -> None:
+        self._insert = insert
+        self._after_commit = after_commit
+        self._threads_wanted = max(1, threads)
+        self._max_rows = max(1, max_rows)
+        self._queue: queue.SimpleQueue[_Waiter | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def submit(self, row: Row) -> asyncio.Future[JobOut]:
+        """Queue one row (from the event loop); the future resolves once it is committed."""
+        if not self._threads:
+            self._start()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[JobOut] = loop.create_future()
+        self._queue.put(_Waiter(row, future, loop))
+        return future
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._closed:
+                raise DatabaseUnavailable("the API is shutting down")
+            while len(self._threads) < self._threads_wanted:
+                thread = threading.Thread(
+                    target=self._run, name=f"jobq-insert-{len(self._threads)}", daemon=True
+                )
+                thread.start()
+                self._threads.append(thread)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Commit what is queued, then stop the threads."""
+        with self._lock:
+            self._closed = True
+            threads, self._threads = self._threads, []
+        for _ in threads:
+            self._queue.put(None)
+        for thread in threads:
+            thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < self._max_rows:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            self._commit(batch)
+            if stop:
+                return
+
+    def _commit(self, batch: list[_Waiter]) -> None:
+        rows = [w.row for w in batch]
+        try:
+            views = self._insert(rows)
+        except DatabaseUnavailable as exc:
+            self._settle(batch, [None] * len(batch), [copy.copy(exc) for _ in batch])
+            return
+        except Exception as exc:  # noqa: BLE001 - handed to the waiting request
+            if len(batch) == 1:
+                self._settle(batch, [None], [exc])
+            else:
+                for waiter in batch:  # find the bad row; the others still commit
+                    self._commit([waiter])
+            return
+        self._settle(batch, views, [None] * len(batch))
+        try:
+            self._after_commit(rows)
+        except Exception:  # noqa: BLE001 - committed rows are published by the dispatcher
+            log.exception("publishing committed jobs failed; the dispatcher will send them")
+
+    @staticmethod
+    def _settle(
+        batch: list[_Waiter], views: Sequence[JobOut | None], errors: Sequence[BaseException | None]
+    ) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Any, ...]]] = {}
+        for waiter, view, error in zip(batch, views, errors, strict=True):
+            by_loop.setdefault(waiter.loop, []).append((waiter.future, view, error))
+        for loop, outcomes in by_loop.items():
+            # A closed loop: nobody is waiting any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_resolve, outcomes)
+
+
+def _resolve(outcomes: list[tuple[Any, ...]]) -> None:
+    for future, view, error in outcomes:
+        if future.done():  # the request was cancelled; its row is committed all the same
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(view)
