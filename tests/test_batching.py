@@ -143,3 +143,23 @@ def test_worker_never_holds_more_messages_than_its_slots(
     wait_for(sample_until_done, timeout=60, interval=0.05, what="all 9 jobs done")
     assert max(held) <= 3 and max(running) <= 3, (held, running)
     assert max(running) >= 2  # it did run jobs side by side
+
+
+def test_take_batch_drains_what_is_waiting_up_to_the_limit_and_honours_the_sentinel() -> None:
+    import queue
+
+    from app.batching import take_batch
+
+    q: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+    for i in range(5):
+        q.put(i)
+    assert take_batch(q, 3) == ([0, 1, 2], False)
+    assert take_batch(q, 10) == ([3, 4], False)
+    q.put(5)
+    q.put(None)
+    q.put(6)
+    assert take_batch(q, 10) == ([5], True)
+    q.put(None)
+    assert take_batch(q, 10) == ([6], True)
+    q.put(None)
+    assert take_batch(q, 10) == ([], True)

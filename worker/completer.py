@@ -20,6 +20,7 @@ from typing import TypeVar
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.batching import take_batch
 from app.db import translate_db_errors
 from app.errors import DatabaseUnavailable, JobqError
 from app.jobs import transitions
@@ -100,23 +101,11 @@ class Completer:
 
     def _run(self) -> None:
         while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            stopping = False
-            # Take whatever else finished meanwhile: under load that is the batch.
-            while len(batch) < MAX_COMPLETION_BATCH:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stopping = True
-                    break
-                batch.append(item)
-            self._complete_and_report(batch)
-            if stopping:
+            # Whatever finished during the previous write: under load, that is the batch.
+            batch, stop = take_batch(self._queue, MAX_COMPLETION_BATCH)
+            if batch:
+                self._complete_and_report(batch)
+            if stop:
                 return
 
     def _complete_and_report(self, batch: list[Completion]) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from app.batching import take_batch
 from app.errors import DatabaseUnavailable
 from app.jobs.schemas import JobOut
 
@@ -87,21 +88,9 @@ class GroupCommit:
 
     def _run(self) -> None:
         while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch = [first]
-            stop = False
-            while len(batch) < self._max_rows:
-                try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stop = True
-                    break
-                batch.append(item)
-            self._commit(batch)
+            batch, stop = take_batch(self._queue, self._max_rows)
+            if batch:
+                self._commit(batch)
             if stop:
                 return
 
