@@ -162,6 +162,17 @@ COMMANDS: dict[str, tuple[Callable[[Settings, argparse.Namespace], int], str]] =
 }
 
 
+def _process_count(text: str) -> int:
+    """argparse type for --workers: a whole number from 1 to 64."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--workers must be a whole number: {text!r}") from None
+    if not 1 <= value <= 64:
+        raise argparse.ArgumentTypeError(f"--workers must be between 1 and 64, not {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; one subcommand per entry in COMMANDS."""
     parser = argparse.ArgumentParser(prog="jobq", description="jobq: jobs on PostgreSQL + SQS")
@@ -173,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
         elif name == "api":
             p.add_argument(
                 "--workers",
-                type=int,
+                type=_process_count,
                 default=0,
                 help="API processes (default JOBQ_API_WORKERS, 1): each uses one core at most",
             )

@@ -1064,9 +1064,14 @@ def main(argv: list[str] | None = None) -> int:
 
     plan = Plan.make(args.quick, args.jobs)
     if args.e2e_configs:
-        configs = tuple(
-            (int(p), int(c)) for p, c in (x.split("x") for x in args.e2e_configs.split(","))
-        )
+        try:
+            configs = tuple(
+                (int(p), int(c)) for p, c in (x.split("x") for x in args.e2e_configs.split(","))
+            )
+        except ValueError:
+            parser.error(f"--e2e-configs: expected e.g. 1x8,2x32, got {args.e2e_configs!r}")
+        if any(p < 1 or c < 1 for p, c in configs):
+            parser.error("--e2e-configs: process counts and concurrencies must be >= 1")
         plan = dataclasses.replace(plan, e2e_configs=configs)
     phases = ["limits", "ingest", "latency", "e2e", "pipeline", "celery"]
     if args.profile:

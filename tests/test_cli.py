@@ -53,3 +53,17 @@ def test_failed_wait_exits_1_and_errors_are_readable(
     assert missing.returncode == 1 and "404" in missing.stderr
     down = _jobq(settings, "http://127.0.0.1:9", "stats")
     assert down.returncode == 1 and "cannot reach the API" in down.stderr
+
+
+def test_api_workers_flag_rejects_bad_counts(capsys: Any) -> None:
+    import pytest
+
+    from app.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["api", "--workers", "3"]).workers == 3
+    for bad in ("0", "-2", "65", "two"):
+        with pytest.raises(SystemExit) as exc:
+            parser.parse_args(["api", "--workers", bad])
+        assert exc.value.code == 2
+        assert "--workers must be" in capsys.readouterr().err
