@@ -130,18 +130,6 @@ class Completer:
 
     # -- synchronous use -------------------------------------------------------------------
 
-    def complete(
-        self,
-        message: Message,
-        job: Claimed,
-        outcome: Outcome,
-        max_attempts: int,
-        *,
-        release: bool = False,
-    ) -> str:
-        """Record one outcome now; return the status written ('' if the job was lost)."""
-        return self.complete_all([Completion(message, job, outcome, max_attempts, release)])[0]
-
     def complete_all(self, batch: list[Completion]) -> list[str]:
         """Record a batch of outcomes in one transaction, then act on their messages."""
         finishes = [self._decide(c) for c in batch]
