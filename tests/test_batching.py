@@ -163,3 +163,25 @@ def test_take_batch_drains_what_is_waiting_up_to_the_limit_and_honours_the_senti
     assert take_batch(q, 10) == ([6], True)
     q.put(None)
     assert take_batch(q, 10) == ([], True)
+
+
+def test_delivery_that_missed_an_expiring_lease_comes_back_instead_of_being_deleted(
+    api: Any, runtime: Any, db: Any
+) -> None:
+    from worker.runner import Worker
+
+    job_id = uuid.UUID(api.post("/jobs", json={"task": "echo"}).json()["id"])
+    message = wait_for(lambda: next(iter(runtime.sqs.receive(1, 1)), None), what="the message")
+    with runtime.sessions.begin() as s:
+        transitions.claim_many(s, [job_id], "dead-worker", 30, cap=10)
+    # The lease expired after this worker's claim failed and before it looked at the job.
+    with db.cursor() as cur:
+        cur.execute(
+            "UPDATE jobs SET lease_expires_at = now() - interval '1 s' WHERE id = %s",
+            (str(job_id),),
+        )
+    Worker(runtime)._unclaimed(message, job_id)
+    again = wait_for(
+        lambda: next(iter(runtime.sqs.receive(1, 1)), None), timeout=15, what="redelivery"
+    )
+    assert again.job_id == job_id

@@ -33,6 +33,8 @@ from worker.retry import Failure
 log = logging.getLogger("jobq.worker")
 
 INTERRUPTED = "interrupted: worker shut down before the job finished"
+# A delivery that was claimable a moment after its claim failed comes back this much later.
+RECLAIM_DELAY_SECONDS = 1
 
 
 def new_worker_id() -> str:
@@ -296,6 +298,11 @@ class Worker:
                     dead_letter=False,
                 )
                 self.sqs.change_visibility(message, 0)
+                return
+            else:
+                # Claimable by now: the claim just missed it (a lease expiring between the claim
+                # and this look, a run_at within the second). Deleting would lose the job.
+                self.sqs.change_visibility(message, RECLAIM_DELAY_SECONDS)
                 return
         self.sqs.delete(message)
 
