@@ -53,12 +53,17 @@ async def _validation(request: Request, exc: RequestValidationError) -> JSONResp
     return error_response(422, "invalid_input", message, field, details=details)
 
 
-async def _jobq(request: Request, exc: JobqError) -> JSONResponse:
+def jobq_error_response(exc: JobqError) -> JSONResponse:
+    """The response for one of our errors (logged when it is the server's side)."""
     if isinstance(exc, DependencyUnavailable):
         log.warning("dependency unavailable: %s", exc.message)
     elif exc.status_code >= 500:
         log.error("jobq error: %s", exc.message)
     return error_response(exc.status_code, exc.code, exc.message, exc.field)
+
+
+async def _jobq(request: Request, exc: JobqError) -> JSONResponse:
+    return jobq_error_response(exc)
 
 
 async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

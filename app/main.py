@@ -17,6 +17,7 @@ from app.dashboard import routes as dashboard_routes
 from app.errors import DatabaseUnavailable, JobqError
 from app.http_errors import install_error_handlers
 from app.jobs import routes as job_routes
+from app.jobs.fast_submit import FastSubmit
 from app.jobs.service import JobService
 from app.limits import BodySizeLimit
 from app.logging_setup import configure_logging
@@ -124,6 +125,7 @@ def create_app(settings: Settings | None = None, *, tune_gc: bool = False) -> Fa
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.add_middleware(FastSubmit)  # innermost: after auth, rate limit, size limit, metrics
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_payload_bytes)
     limiter = (
         RateLimiter(settings.submit_rate, settings.submit_burst) if settings.submit_rate else None

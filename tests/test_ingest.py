@@ -1,5 +1,6 @@
-"""The POST /jobs fast path: concurrent submissions committed together (GroupCommit), answers
-built without reading the row back, and the publisher's batching, lingering and parallel sends."""
+"""The POST /jobs fast path: plain submits served without FastAPI's router (FastSubmit),
+concurrent submissions committed together (GroupCommit), answers built without reading the row
+back, and the publisher's batching, lingering and parallel sends."""
 
 from __future__ import annotations
 
@@ -129,6 +130,76 @@ def test_answer_is_the_stored_job(api: Any) -> None:
     stored = api.get(f"/jobs/{created.json()['id']}").json()
     assert created.json() == stored
     assert stored["created_at"].endswith("Z") and stored["run_at"].endswith("Z")
+
+
+def _count_route_calls(monkeypatch: Any) -> list[int]:
+    """Count answers built by the FastAPI route for POST /jobs (the fast path builds its own)."""
+    from app.jobs import routes
+
+    calls: list[int] = []
+    real = routes._json
+
+    def counting(model: Any, status_code: int) -> Any:
+        calls.append(status_code)
+        return real(model, status_code)
+
+    monkeypatch.setattr(routes, "_json", counting)
+    return calls
+
+
+def test_plain_submit_takes_the_fast_path_keyed_the_full_route(api: Any, monkeypatch: Any) -> None:
+    calls = _count_route_calls(monkeypatch)
+    plain = api.post("/jobs", json={"task": "echo", "payload": {"a": 1}})
+    assert plain.status_code == 201, plain.text
+    assert plain.headers["content-type"] == "application/json"
+    assert plain.json() == api.get(f"/jobs/{plain.json()['id']}").json()
+    assert calls == []  # answered without FastAPI's route
+    keyed = api.post("/jobs", json={"task": "echo"}, headers={"Idempotency-Key": "fast-k"})
+    assert keyed.status_code == 201 and calls == [201]
+    in_body = {"task": "echo", "idempotency_key": "fast-body-k"}
+    first, replay = api.post("/jobs", json=in_body), api.post("/jobs", json=in_body)
+    assert (first.status_code, replay.status_code) == (201, 200)  # body keys: fast path too
+    assert replay.json()["id"] == first.json()["id"] and calls == [201]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"{not json",
+        b"",
+        b"[]",
+        b'{"payload": {}}',
+        b'{"task": "no-such-task"}',
+        b'{"task": "echo", "max_attempts": 1000}',
+        b'{"task": "echo", "priority": "urgent"}',
+        b'{"task": "echo", "delay_seconds": 5, "run_at": "2030-01-01T00:00:00Z"}',
+        b'{"task": "echo", "payload": ' + b"[" * 3000 + b"]" * 3000 + b"}",
+    ],
+)
+def test_fast_path_errors_are_the_full_routes(api: Any, raw: bytes) -> None:
+    json_type = {"content-type": "application/json"}
+    fast = api.post("/jobs", content=raw, headers=json_type)
+    # An Idempotency-Key sends the same body down the full FastAPI route.
+    full = api.post("/jobs", content=raw, headers={**json_type, "Idempotency-Key": "err-k"})
+    assert 400 <= fast.status_code < 500, fast.text
+    assert (fast.status_code, fast.json()) == (full.status_code, full.json())
+    assert fast.json()["error"]["field"]
+
+
+def test_fast_path_eligibility() -> None:
+    from app.jobs.fast_submit import eligible
+
+    def scope(method: str = "POST", path: str = "/jobs", **headers: str) -> dict[str, Any]:
+        raw = [(k.replace("_", "-").encode(), v.encode()) for k, v in headers.items()]
+        return {"type": "http", "method": method, "path": path, "headers": raw}
+
+    assert eligible(scope(content_type="application/json"))
+    assert eligible(scope(content_type="Application/JSON; charset=utf-8"))
+    assert not eligible(scope())  # no content type: FastAPI decides what to make of it
+    assert not eligible(scope(content_type="text/plain"))
+    assert not eligible(scope(content_type="application/json", idempotency_key="k"))
+    assert not eligible(scope(path="/jobs/batch", content_type="application/json"))
+    assert not eligible(scope(method="GET", content_type="application/json"))
 
 
 def test_concurrent_posts_are_all_committed_and_published(api: Any, runtime: Any, db: Any) -> None:
