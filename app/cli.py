@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from app.config import Settings, get_settings
@@ -29,16 +32,33 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
     # With several processes each builds its own app from the environment (its own pool,
     # publisher and dispatcher); uvicorn's supervisor restarts a worker that dies.
     target: Any = create_app(settings, tune_gc=True) if workers == 1 else "app.main:serving_app"
-    uvicorn.run(
-        target,
-        factory=workers > 1,
-        workers=workers,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        timeout_graceful_shutdown=10,
-    )
+    with shared_metrics_dir(workers):
+        uvicorn.run(
+            target,
+            factory=workers > 1,
+            workers=workers,
+            host=settings.host,
+            port=settings.port,
+            log_config=None,
+            timeout_graceful_shutdown=10,
+        )
     return 0
+
+
+@contextlib.contextmanager
+def shared_metrics_dir(processes: int) -> Iterator[None]:
+    """Several API processes share one port, so a scrape reaches any one of them: give them a
+    PROMETHEUS_MULTIPROC_DIR (unless one is set) so /metrics adds up all of them."""
+    if processes == 1 or os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        yield
+        return
+    path = tempfile.mkdtemp(prefix="jobq-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path  # inherited by the processes uvicorn starts
+    try:
+        yield
+    finally:
+        del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:

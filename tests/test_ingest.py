@@ -433,8 +433,12 @@ def test_api_with_several_worker_processes(settings: Any, db: Any, tmp_path: Any
                 return False
 
         wait_for(ready, timeout=60, what="the API's two processes")
-        with httpx.Client(base_url=url, timeout=10) as client:
-            codes = [client.post("/jobs", json={"task": "echo"}).status_code for _ in range(20)]
+        # A connection each, so both processes take some.
+        close = {"Connection": "close"}
+        codes = [
+            httpx.post(url + "/jobs", json={"task": "echo"}, headers=close, timeout=10).status_code
+            for _ in range(20)
+        ]
         assert codes == [201] * 20
 
         def all_published() -> bool:
@@ -443,6 +447,9 @@ def test_api_with_several_worker_processes(settings: Any, db: Any, tmp_path: Any
                 return int(cur.fetchone()[0]) == 20
 
         wait_for(all_published, what="every job published by the process that took it")
+        for _ in range(5):  # each scrape on a new connection: any process may answer it
+            text = httpx.get(url + "/metrics", headers={"Connection": "close"}, timeout=10).text
+            assert _sample(text, 'jobq_jobs_created_total{task="echo"}') == 20, text[:2000]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:
@@ -452,3 +459,11 @@ def test_api_with_several_worker_processes(settings: Any, db: Any, tmp_path: Any
         log.close()
     output = (tmp_path / "api.log").read_text()
     assert "Traceback" not in output, output
+
+
+def _sample(text: str, name_and_labels: str) -> float:
+    """One sample's value from Prometheus exposition text (0 when absent)."""
+    for line in text.splitlines():
+        if line.startswith(name_and_labels + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
