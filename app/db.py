@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Connection, Engine, create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from app.errors import DatabaseUnavailable, InvalidInput, JobqError
+
+T = TypeVar("T")
 
 
 class Base(DeclarativeBase):
@@ -78,3 +82,60 @@ def translate_db_errors() -> Iterator[None]:
 def _first_line(exc: BaseException) -> str:
     text = str(getattr(exc, "orig", exc) or exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+class HeldConnections:
+    """Each thread that runs transactions here keeps one pooled connection across them.
+
+    A checkout per transaction pays the pool's pre-ping (a `SELECT 1` round trip) and a
+    Session's bookkeeping; a hot loop (the worker's claims and completions) that keeps its
+    connection pays neither. The price is that a connection can be dead when used (PostgreSQL
+    restarted): SQLAlchemy then invalidates it (and every connection pooled before the
+    restart) and the statement fails before anything was written, so `run` retries once on a
+    fresh, pre-pinged checkout. Only a failure of the retry reaches the caller.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._all: list[Connection] = []
+
+    def run(self, work: Callable[[Connection], T]) -> T:
+        """`work` in one transaction on this thread's connection, committed on return."""
+        for attempt in (1, 2):
+            conn = self._connection()
+            try:
+                with translate_db_errors(), conn.begin():
+                    return work(conn)
+            except DatabaseUnavailable:
+                if not conn.invalidated:
+                    raise
+                self._drop(conn)
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _connection(self) -> Connection:
+        conn: Connection | None = getattr(self._local, "conn", None)
+        if conn is None or conn.closed:
+            with translate_db_errors():
+                conn = self._engine.connect()
+            self._local.conn = conn
+            with self._lock:
+                self._all.append(conn)
+        return conn
+
+    def _drop(self, conn: Connection) -> None:
+        self._local.conn = None
+        with self._lock:
+            if conn in self._all:
+                self._all.remove(conn)
+        conn.close()
+
+    def close(self) -> None:
+        """Return every held connection to the pool (call when the threads are done)."""
+        with self._lock:
+            held, self._all = self._all, []
+        for conn in held:
+            conn.close()

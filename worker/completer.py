@@ -18,10 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from sqlalchemy.orm import Session, sessionmaker
-
 from app.batching import take_batch
-from app.db import translate_db_errors
+from app.db import HeldConnections
 from app.errors import DatabaseUnavailable, JobqError
 from app.jobs import transitions
 from app.jobs.states import JobStatus
@@ -60,7 +58,7 @@ class Completer:
 
     def __init__(
         self,
-        sessions: sessionmaker[Session],
+        db: HeldConnections,
         sqs: SqsQueue,
         worker_id: str,
         *,
@@ -70,7 +68,7 @@ class Completer:
         jitter: Callable[[], float] = random.random,
         on_done: OnDone | None = None,
     ) -> None:
-        self._sessions = sessions
+        self._db = db
         self._sqs = sqs
         self._worker_id = worker_id
         self._base = backoff_base
@@ -135,8 +133,12 @@ class Completer:
         finishes = [self._decide(c) for c in batch]
 
         def write() -> dict[uuid.UUID, JobStatus]:
-            with translate_db_errors(), self._sessions.begin() as session:
-                return dict(transitions.finish_many(session, self._worker_id, finishes))
+            # A retry of a finish that did commit writes nothing (the rows are no longer
+            # 'running'): the outcome counts as lost, its message is redelivered and then
+            # deleted as a duplicate of a finished job. Nothing is lost either way.
+            return self._db.run(
+                lambda conn: transitions.finish_many(conn, self._worker_id, finishes)
+            )
 
         written = self._with_db_retries(write)
         self._after_commit(batch, written)

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
 
 from app.config import Settings
-from app.db import translate_db_errors
+from app.db import HeldConnections, translate_db_errors
 from app.errors import JobqError
 from app.jobs import transitions
 from app.jobs.states import FINAL, JobStatus
@@ -61,10 +61,12 @@ class Worker:
         self.worker_id = worker_id or new_worker_id()
         self.sqs = runtime.sqs
         self.inflight = InFlight(s.worker_concurrency)
+        # Claims and completions keep their connections (no pre-ping per transaction).
+        self.db = HeldConnections(runtime.engine)
         self.pool = ThreadPoolExecutor(s.worker_concurrency, thread_name_prefix="jobq-exec")
         self.executor = Executor(runtime.registry, s.task_timeout_seconds)
         self.completer = Completer(
-            runtime.sessions,
+            self.db,
             self.sqs,
             self.worker_id,
             backoff_base=s.backoff_base_seconds,
@@ -186,14 +188,13 @@ class Worker:
         named = [e for e in entries if e.message.job_id is not None]
         if not named:
             return
-        with translate_db_errors(), self.runtime.sessions.begin() as session:
-            claimed = transitions.claim_many(
-                session,
-                [e.message.job_id for e in named if e.message.job_id is not None],
-                self.worker_id,
-                self.settings.visibility_timeout_seconds,
-                self.attempt_cap,
-            )
+        ids = [e.message.job_id for e in named if e.message.job_id is not None]
+        # A retry after a dead connection is safe: if the first claim did commit, its jobs are
+        # ours under a live lease, so they come back as unclaimed and return after the lease.
+        lease = self.settings.visibility_timeout_seconds
+        claimed = self.db.run(
+            lambda conn: transitions.claim_many(conn, ids, self.worker_id, lease, self.attempt_cap)
+        )
         for e in named:
             job = claimed.pop(e.message.job_id, None)  # type: ignore[arg-type]
             if job is None:
@@ -322,6 +323,7 @@ class Worker:
         self.consumer.join(max(0.0, deadline - time.monotonic()))
         self.completer.stop()
         self.heartbeat.stop()
+        self.db.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
         log.info("worker stopped", extra={"worker_id": self.worker_id})
 

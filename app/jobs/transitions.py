@@ -12,12 +12,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, text
+from sqlalchemy import Connection, bindparam, text
 from sqlalchemy.orm import Session
 
 from app.jobs.states import JobStatus, sources
 
 S = JobStatus
+# Every transition runs on an ORM session or on a Core connection (the worker's hot path).
+Db = Session | Connection
 
 
 def _in(target: JobStatus) -> str:
@@ -85,7 +87,7 @@ _CLAIM = text(
 
 
 def claim_many(
-    session: Session, job_ids: list[uuid.UUID], worker_id: str, lease_seconds: float, cap: int
+    session: Db, job_ids: list[uuid.UUID], worker_id: str, lease_seconds: float, cap: int
 ) -> dict[uuid.UUID, Claimed]:
     """Claim every claimable job of a receive in one statement; job id -> Claimed.
 
@@ -119,13 +121,13 @@ def claim_many(
 
 
 def claim(
-    session: Session, job_id: uuid.UUID, worker_id: str, lease_seconds: float, cap: int
+    session: Db, job_id: uuid.UUID, worker_id: str, lease_seconds: float, cap: int
 ) -> Claimed | None:
     """Claim one job (see claim_many); None if it could not be claimed."""
     return claim_many(session, [job_id], worker_id, lease_seconds, cap).get(job_id)
 
 
-def view(session: Session, job_id: uuid.UUID) -> JobView | None:
+def view(session: Db, job_id: uuid.UUID) -> JobView | None:
     """Status, attempts and remaining lease of a job, or None if it does not exist."""
     row = session.execute(
         text(
@@ -194,9 +196,7 @@ class Finish:
     error: str | None = None
 
 
-def finish_many(
-    session: Session, worker_id: str, items: list[Finish]
-) -> dict[uuid.UUID, JobStatus]:
+def finish_many(session: Db, worker_id: str, items: list[Finish]) -> dict[uuid.UUID, JobStatus]:
     """running -> succeeded|retrying|failed (cancelled if requested) for a batch of attempts.
 
     Returns job id -> status written; a job missing from the result is no longer this
@@ -224,7 +224,7 @@ def finish_many(
 
 
 def finish(
-    session: Session,
+    session: Db,
     claimed: Claimed,
     worker_id: str,
     *,
@@ -239,7 +239,7 @@ def finish(
 
 
 def extend_leases(
-    session: Session, worker_id: str, job_ids: list[uuid.UUID], lease_seconds: float
+    session: Db, worker_id: str, job_ids: list[uuid.UUID], lease_seconds: float
 ) -> dict[uuid.UUID, bool]:
     """Heartbeat: push this worker's leases; return held job id -> cancellation requested."""
     if not job_ids:
@@ -254,7 +254,7 @@ def extend_leases(
     return {r[0]: bool(r[1]) for r in rows}
 
 
-def fail_exhausted(session: Session, job_id: uuid.UUID, reason: str, dead_letter: bool) -> bool:
+def fail_exhausted(session: Db, job_id: uuid.UUID, reason: str, dead_letter: bool) -> bool:
     """A job whose retries are used up (or that reached the DLQ) ends failed with a reason."""
     stmt = text(
         f"""UPDATE jobs SET status = 'failed',
@@ -272,7 +272,7 @@ def fail_exhausted(session: Session, job_id: uuid.UUID, reason: str, dead_letter
     )
 
 
-def mark_dead_lettered(session: Session, job_id: uuid.UUID) -> None:
+def mark_dead_lettered(session: Db, job_id: uuid.UUID) -> None:
     """Note on an already-failed job that its message reached the dead-letter queue."""
     session.execute(
         text(
