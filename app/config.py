@@ -45,6 +45,12 @@ class Settings(BaseSettings):
 
     # Worker.
     worker_concurrency: int = Field(16, ge=1, le=256)
+    # Receive loops per worker: one's ReceiveMessage is in flight while another's batch is
+    # claimed; together they never hold more messages than free slots (slots are reserved).
+    worker_pollers: int = Field(2, ge=1, le=16)
+    # A busy worker waits up to this long for a full batch (10) of free slots before it
+    # receives; an idle worker receives at once.
+    receive_linger_ms: float = Field(10.0, ge=0, le=1000)
     sqs_wait_seconds: int = Field(MAX_WAIT_SECONDS, ge=0, le=MAX_WAIT_SECONDS)
     visibility_timeout_seconds: int = Field(30, ge=5, le=MAX_VISIBILITY_TIMEOUT)
     heartbeat_seconds: float | None = Field(None, gt=0)

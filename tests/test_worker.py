@@ -162,7 +162,7 @@ def test_worker_survives_sqs_outage(db: Any, database_url: str, worker_factory: 
             assert during["status"] == "queued"
             server = SqsServer(port=server.port).start()
             _wait_status(api, during["id"], "succeeded", timeout=60)
-        assert worker.consumer._thread is not None and worker.consumer._thread.is_alive()
+        assert worker.consumer.alive()
     finally:
         server.stop()
 

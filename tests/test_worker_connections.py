@@ -51,7 +51,7 @@ def workers() -> Iterator[Any]:
 def test_claims_and_completions_keep_their_connections(
     api: Any, workers: Any, db: Any, settings: Settings
 ) -> None:
-    worker = workers(settings, worker_concurrency=4)
+    worker = workers(settings, worker_concurrency=4, worker_pollers=1)
     worker.start()
     _run_one(api, db)  # warm-up: the poller and the completer hold their connections now
     checkouts: list[object] = []
@@ -67,7 +67,9 @@ def test_a_worker_whose_connections_died_claims_and_completes_without_redelivery
 ) -> None:
     # A visibility timeout far longer than the deadline below: a failed claim would make the
     # job wait for redelivery.
-    worker = workers(settings, worker_concurrency=4, visibility_timeout_seconds=60)
+    worker = workers(
+        settings, worker_concurrency=4, worker_pollers=1, visibility_timeout_seconds=60
+    )
     worker.start()
     _run_one(api, db)  # warm-up: the poller and the completer hold their connections now
     with db.cursor() as cur:  # what a PostgreSQL restart does to every pooled connection

@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 from app.errors import JobqError
 from app.queue import Message, SqsQueue
-from worker.inflight import InFlight
+from app.sqs_limits import MAX_BATCH
+from worker.inflight import Entry, InFlight
 
 log = logging.getLogger("jobq.consumer")
 
@@ -41,35 +43,49 @@ def weighted_order(
 
 
 class Consumer:
-    """Receives messages into free slots and hands each receive's batch to `dispatch`."""
+    """Pollers that receive messages into reserved free slots and hand each batch to `dispatch`.
+
+    Each poller reserves slots, receives at most that many messages, admits them, and runs
+    `dispatch` (the claim) itself; with two or more pollers one poller's ReceiveMessage is in
+    flight while another's batch is being claimed.
+    """
 
     def __init__(
         self,
         sqs: SqsQueue,
         inflight: InFlight,
-        dispatch: Callable[[list[Message]], None],
+        dispatch: Callable[[list[Entry]], None],
         *,
         wait_seconds: int,
         queues: Sequence[tuple[str, int]] | None = None,
+        pollers: int = 1,
+        linger: float = 0.0,
     ) -> None:
         self._queues = list(queues or [(sqs.url, 1)])
         self._sqs = sqs
         self._inflight = inflight
         self._dispatch = dispatch
         self._wait = wait_seconds
+        self._pollers = max(1, pollers)
+        self._linger = linger
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     def _run(self) -> None:
         delay = 0.5
         while not self._stop.is_set():
-            free = self._inflight.wait_free(timeout=1.0)
-            if free == 0 or self._stop.is_set():
+            reserved = self._inflight.reserve(
+                MAX_BATCH, batch=MAX_BATCH, linger=self._linger, timeout=1.0
+            )
+            if reserved == 0:
                 continue
+            messages: list[Message] = []
             try:
-                messages = self._receive(free)
+                if not self._stop.is_set():
+                    messages = self._receive(reserved)
                 delay = 0.5
             except Exception as exc:  # noqa: BLE001 - the poll loop must outlive any one failure
+                self._inflight.admit([], reserved)
                 if isinstance(exc, JobqError):
                     log.warning("receive failed; backing off %.1f s: %s", delay, exc)
                 else:
@@ -79,10 +95,12 @@ class Consumer:
                 continue
             if self._stop.is_set():
                 # Arrived after shutdown began: give them back at once, unstarted.
+                self._inflight.admit([], reserved)
                 self._release(messages)
                 return
-            if messages:
-                self._dispatch(messages)
+            entries = self._inflight.admit(messages, reserved)
+            if entries:
+                self._dispatch(entries)
 
     def _receive(self, free: int) -> list[Message]:
         if len(self._queues) == 1:
@@ -104,17 +122,23 @@ class Consumer:
             log.warning("could not release %d message(s): %s", len(messages), exc)
 
     def start(self) -> None:
-        """Poll in a thread."""
-        self._thread = threading.Thread(target=self._run, name="jobq-consumer", daemon=True)
-        self._thread.start()
+        """Poll in `pollers` threads."""
+        for i in range(self._pollers):
+            thread = threading.Thread(target=self._run, name=f"jobq-consumer-{i}", daemon=True)
+            self._threads.append(thread)
+            thread.start()
 
     def stop(self) -> None:
         """Stop receiving (an in-progress long poll finishes and its messages are released)."""
         self._stop.set()
 
+    def alive(self) -> bool:
+        """True while every poller is running."""
+        return bool(self._threads) and all(t.is_alive() for t in self._threads)
+
     def join(self, timeout: float) -> bool:
-        """Wait for the poll loop to end; True if it did."""
-        if self._thread is None:
-            return True
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        """Wait for the poll loops to end; True if they did."""
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in self._threads)

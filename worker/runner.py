@@ -79,6 +79,8 @@ class Worker:
             self._dispatch,
             wait_seconds=s.sqs_wait_seconds,
             queues=poll_weights(s),
+            pollers=s.worker_pollers,
+            linger=s.receive_linger_ms / 1000,
         )
         self.heartbeat = Heartbeat(
             self.inflight,
@@ -161,9 +163,8 @@ class Worker:
 
     # -- messages ---------------------------------------------------------------------------
 
-    def _dispatch(self, messages: list[Message]) -> None:
-        """Hold a receive's messages, claim their jobs in one statement, start the claimed."""
-        entries = [self.inflight.add(m) for m in messages]
+    def _dispatch(self, entries: list[Entry]) -> None:
+        """Claim the jobs of one receive's (held) messages in one statement, start the claimed."""
         try:
             self._claim_and_start(entries)
         except Exception as exc:  # noqa: BLE001 - the consumer loop must outlive any failure

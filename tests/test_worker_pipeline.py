@@ -1,0 +1,188 @@
+"""Receive batching, pipelined pollers and held DB connections, against real PostgreSQL + SQS."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg2
+import pytest
+from sqlalchemy.engine import make_url
+
+from app.config import Settings
+from app.queue import Message
+from app.runtime import Runtime, build_runtime
+from tests.helpers import wait_for
+from worker.inflight import InFlight
+from worker.runner import Worker
+
+
+def _message(i: int) -> Message:
+    return Message(uuid.uuid4(), f"rh-{i}-{uuid.uuid4().hex}", str(i), 1, None, "q")
+
+
+def _queued(sqs: Any) -> int:
+    return int(sqs.attributes()["ApproximateNumberOfMessages"])
+
+
+def _statuses(db: Any, ids: list[str]) -> dict[str, str]:
+    with db.cursor() as cur:
+        cur.execute("SELECT id::text, status FROM jobs WHERE id::text = ANY(%s)", (ids,))
+        return dict(cur.fetchall())
+
+
+def _start_delays(db: Any, ids: list[str]) -> list[float]:
+    with db.cursor() as cur:
+        cur.execute(
+            "SELECT extract(epoch FROM started_at - created_at) FROM jobs WHERE id::text = ANY(%s)",
+            (ids,),
+        )
+        return [float(r[0]) for r in cur.fetchall()]
+
+
+def _run_one(api: Any, db: Any, timeout: float = 30) -> str:
+    """Submit an echo job and wait until it succeeded; its id."""
+    job_id: str = api.post("/jobs", json={"task": "echo"}).json()["id"]
+    wait_for(
+        lambda: _statuses(db, [job_id]) == {job_id: "succeeded"},
+        timeout=timeout,
+        what=f"job {job_id} to succeed within {timeout} s",
+    )
+    return job_id
+
+
+@pytest.fixture
+def workers() -> Iterator[Any]:
+    """Build (not start) in-process workers for custom settings; all stopped at teardown."""
+    made: list[tuple[Worker, Runtime]] = []
+
+    def make(settings: Settings, **overrides: Any) -> Worker:
+        rt = build_runtime(settings.model_copy(update=overrides))
+        w = Worker(rt)
+        made.append((w, rt))
+        return w
+
+    yield make
+    for w, rt in made:
+        w.stop(grace=5)
+        rt.close()
+
+
+# -- slot reservations -----------------------------------------------------------------------
+
+
+def test_reservations_and_held_messages_never_exceed_the_slots() -> None:
+    slots = InFlight(12)
+    a = slots.reserve(10, batch=10, linger=0, timeout=1)
+    b = slots.reserve(10, batch=10, linger=0, timeout=1)
+    assert (a, b) == (10, 2)
+    assert slots.reserve(10, batch=10, linger=0, timeout=0.01) == 0  # nothing left
+    entries = slots.admit([_message(i) for i in range(3)], a)  # 7 of a's 10 come back
+    assert len(entries) == 3 and slots.held() == 3 and slots.free() == 7
+    with pytest.raises(ValueError):
+        slots.admit([_message(i) for i in range(3)], 2)  # more messages than reserved slots
+    slots.admit([], b)
+    assert slots.free() == 9
+
+
+def test_a_busy_worker_waits_for_a_full_batch_of_free_slots() -> None:
+    slots = InFlight(10)
+    held = slots.admit(
+        [_message(i) for i in range(6)], slots.reserve(6, batch=10, linger=0, timeout=1)
+    )
+
+    def finish_one_by_one() -> None:
+        for entry in held:
+            time.sleep(0.02)  # jobs ending at different times (pacing, not synchronisation)
+            slots.remove(entry.message)
+
+    finisher = threading.Thread(target=finish_one_by_one)
+    finisher.start()
+    # Without the linger this returns the 4 slots that are free right now.
+    assert slots.reserve(10, batch=10, linger=10, timeout=1) == 10
+    finisher.join()
+
+
+def test_an_idle_worker_reserves_at_once_and_the_linger_is_bounded() -> None:
+    slots = InFlight(10)
+    began = time.monotonic()
+    assert slots.reserve(3, batch=10, linger=10, timeout=1) == 3  # idle: no waiting at all
+    assert time.monotonic() - began < 1
+    slots.admit([_message(0)], 3)
+    began = time.monotonic()
+    # Busy and no slot frees up: the linger ends and the 9 free slots are taken.
+    assert slots.reserve(10, batch=10, linger=0.2, timeout=1) == 9
+    assert time.monotonic() - began < 5
+
+
+# -- the worker ----------------------------------------------------------------------------
+
+
+def test_a_busy_worker_receives_full_batches(
+    api: Any, workers: Any, db: Any, settings: Settings
+) -> None:
+    # Jobs of one batch end at different times; without the linger each ending frees a slot
+    # that is filled by a receive of one or two messages.
+    jobs = [{"task": "sleep", "payload": {"seconds": 0.03 * (i % 10)}} for i in range(30)]
+    ids = [
+        item["job"]["id"] for item in api.post("/jobs/batch", json={"jobs": jobs}).json()["items"]
+    ]
+    worker = workers(settings, worker_concurrency=10, worker_pollers=1, receive_linger_ms=1000)
+    wait_for(lambda: _queued(worker.sqs) == 30, what="all 30 messages queued")
+    sizes: list[int] = []
+    receive = worker.sqs.receive
+
+    def recording_receive(*args: Any, **kwargs: Any) -> list[Message]:
+        got = receive(*args, **kwargs)
+        if got:
+            sizes.append(len(got))
+        return got
+
+    worker.sqs.receive = recording_receive  # type: ignore[method-assign]
+    worker.start()
+    wait_for(
+        lambda: set(_statuses(db, ids).values()) == {"succeeded"}, timeout=60, what="30 jobs done"
+    )
+    assert sum(sizes) == 30 and len(sizes) <= 4, sizes
+
+
+def test_an_idle_worker_starts_a_new_job_at_once_despite_a_long_linger(
+    api: Any, workers: Any, db: Any, settings: Settings
+) -> None:
+    workers(settings, worker_concurrency=16, receive_linger_ms=1000).start()
+    ids = [_run_one(api, db) for _ in range(3)]
+    assert max(_start_delays(db, ids)) < 0.5, _start_delays(db, ids)
+
+
+def test_one_poller_receives_while_another_waits_for_its_claim(
+    api: Any, workers: Any, db: Any, database_url: str, settings: Settings
+) -> None:
+    blocked = api.post("/jobs", json={"task": "echo"}).json()["id"]
+    locker = psycopg2.connect(
+        make_url(database_url).set(drivername="postgresql").render_as_string(False)
+    )
+    try:
+        with locker.cursor() as cur:  # hold the job's row: its claim waits on the lock
+            cur.execute("SELECT 1 FROM jobs WHERE id = %s FOR UPDATE", (blocked,))
+        workers(settings, worker_concurrency=4, worker_pollers=2).start()
+
+        def claim_waiting() -> bool:
+            with db.cursor() as cur:
+                cur.execute(
+                    """SELECT count(*) FROM pg_stat_activity
+                       WHERE wait_event_type = 'Lock' AND query LIKE '%FOR UPDATE%'"""
+                )
+                return bool(cur.fetchone()[0])
+
+        wait_for(claim_waiting, what="the claim to wait on the row lock")
+        # With one receive-and-claim loop nothing is received until that claim returns.
+        other = api.post("/jobs", json={"task": "echo"}).json()["id"]
+        wait_for(lambda: _statuses(db, [other]) == {other: "succeeded"}, what="the other job")
+        assert _statuses(db, [blocked]) == {blocked: "queued"}
+    finally:
+        locker.rollback()
+        locker.close()
+    wait_for(lambda: _statuses(db, [blocked]) == {blocked: "succeeded"}, what="the blocked job")
