@@ -22,6 +22,14 @@ S = JobStatus
 Db = Session | Connection
 
 
+# The hot statements find their rows through the primary key only. `(status ...) IS TRUE` is
+# not an index condition, so it keeps the planner off ix_jobs_status_created: on statistics
+# that predate a fresh backlog it believes few rows are unfinished and would otherwise scan
+# every one of them for each batch (10-17 ms instead of 0.5 ms with 5,000 queued jobs,
+# measured with EXPLAIN ANALYZE on a freshly loaded backlog).
+BY_ID = "j.id = ANY(CAST(:ids AS uuid[]))"
+
+
 def _in(target: JobStatus) -> str:
     """SQL list of the statuses `target` may be entered from, from the transitions table."""
     return "(" + ", ".join(f"'{s.value}'" for s in sorted(sources(target))) + ")"
@@ -67,8 +75,8 @@ _CLAIM = text(
             started_at = coalesce(j.started_at, now()), updated_at = now(),
             published_at = coalesce(j.published_at, now())
         FROM prev
-        WHERE j.id = prev.id AND j.attempts < least(j.max_attempts, :cap)
-          AND j.status IN {_in(S.RUNNING)}
+        WHERE {BY_ID} AND j.id = prev.id AND j.attempts < least(j.max_attempts, :cap)
+          AND (j.status IN {_in(S.RUNNING)}) IS TRUE
           AND (j.status <> 'running' OR j.lease_expires_at < now())
           AND (j.run_at IS NULL OR j.run_at <= now() + interval '1 second')
         RETURNING j.id, j.task, j.payload, j.attempts, j.max_attempts, j.timeout_seconds,
@@ -152,7 +160,7 @@ def view(session: Db, job_id: uuid.UUID) -> JobView | None:
 # One statement finishes a whole batch; a cancellation request wins over what the attempt
 # produced. Rows are locked in id order first so concurrent batches cannot deadlock.
 _FINISH = text(
-    """
+    f"""
     WITH v AS (
         SELECT * FROM unnest(
             CAST(:ids AS uuid[]), CAST(:statuses AS text[]), CAST(:results AS text[]),
@@ -171,8 +179,9 @@ _FINISH = text(
                                THEN NULL ELSE now() END,
             updated_at = now(), lease_expires_at = NULL
         FROM v
-        WHERE j.id = v.id AND j.id IN (SELECT id FROM locked)
-          AND j.status = 'running' AND j.worker_id = :worker AND j.attempts = v.attempt
+        WHERE {BY_ID} AND j.id = v.id AND j.id IN (SELECT id FROM locked)
+          AND (j.status = 'running') IS TRUE AND j.worker_id = :worker
+          AND j.attempts = v.attempt
         RETURNING j.id, j.status, v.attempt, v.outcome, v.error, v.started
     ), a AS (
         INSERT INTO job_attempts (job_id, attempt, outcome, error, worker_id, started_at)
@@ -238,20 +247,22 @@ def finish(
     return written.get(claimed.job_id)
 
 
+_EXTEND_LEASES = text(
+    """UPDATE jobs SET lease_expires_at = now() + make_interval(secs => :lease)
+       WHERE id IN (SELECT id FROM jobs WHERE id IN :ids ORDER BY id FOR UPDATE)
+         AND (status = 'running') IS TRUE AND worker_id = :worker
+       RETURNING id, cancel_requested_at IS NOT NULL"""
+).bindparams(bindparam("ids", expanding=True))
+
+
 def extend_leases(
     session: Db, worker_id: str, job_ids: list[uuid.UUID], lease_seconds: float
 ) -> dict[uuid.UUID, bool]:
     """Heartbeat: push this worker's leases; return held job id -> cancellation requested."""
     if not job_ids:
         return {}
-    stmt = text(
-        """UPDATE jobs SET lease_expires_at = now() + make_interval(secs => :lease)
-           WHERE id IN (SELECT id FROM jobs WHERE id IN :ids ORDER BY id FOR UPDATE)
-             AND status = 'running' AND worker_id = :worker
-           RETURNING id, cancel_requested_at IS NOT NULL"""
-    ).bindparams(bindparam("ids", expanding=True))
-    rows = session.execute(stmt, {"ids": job_ids, "worker": worker_id, "lease": lease_seconds})
-    return {r[0]: bool(r[1]) for r in rows}
+    params = {"ids": job_ids, "worker": worker_id, "lease": lease_seconds}
+    return {r[0]: bool(r[1]) for r in session.execute(_EXTEND_LEASES, params)}
 
 
 def fail_exhausted(session: Db, job_id: uuid.UUID, reason: str, dead_letter: bool) -> bool:
