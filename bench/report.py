@@ -16,10 +16,16 @@ MB = 1024 * 1024
 # -- ratios and targets ----------------------------------------------------------------------
 
 
+def _level_label(level: dict[str, Any], sep: str) -> str:
+    """Clients, and the API's process count when it is not one."""
+    procs = level.get("api_processes", 1)
+    return str(level["concurrency"]) + (f"{sep}({procs} API procs)" if procs > 1 else "")
+
+
 def summarize(results: dict[str, Any]) -> dict[str, Any]:
     """Ratios next to absolute numbers, and the issue's targets as pass/MISS."""
     lim = results.get("limits", {})
-    ingest = {lvl["concurrency"]: lvl for lvl in results.get("ingest", {}).get("levels", [])}
+    levels = results.get("ingest", {}).get("levels", [])
     e2e_runs = results.get("e2e", {}).get("runs", [])
     celery_runs = results.get("celery", {}).get("runs", [])
     latency = results.get("latency", {})
@@ -35,7 +41,14 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
 
     insert = lim.get("insert_commit_per_s")
     recv = lim.get("sqs_receive_delete_batch_msgs_per_s")
-    at32 = ingest.get(32)
+    # The targets take the better of one API process and one per core (both are shown).
+    at32 = max(
+        (lvl for lvl in levels if lvl["concurrency"] == 32),
+        key=lambda r: r["req_per_s"],
+        default=None,
+    )
+    if at32 and at32.get("api_processes", 1) > 1:
+        ratios["ingest@32 best config"] = f"{at32['api_processes']} API processes"
     if insert and at32:
         ratios["ingest@32 / raw INSERT+COMMIT (1 conn)"] = at32["req_per_s"] / insert
         if lim.get("insert_commit_8conn_per_s"):
@@ -49,14 +62,14 @@ def summarize(results: dict[str, Any]) -> dict[str, Any]:
         )
     ratio = ratios.get("ingest@32 / raw INSERT+COMMIT (1 conn)")
     target(
-        "POST /jobs at 32 clients / raw INSERT+COMMIT",
+        "POST /jobs at 32 clients (better API config) / raw INSERT+COMMIT",
         ratio,
         ">= 0.50",
         None if ratio is None else ratio >= 0.5,
         "x",
     )
     target(
-        "POST /jobs p99 at 32 clients",
+        "POST /jobs p99 at 32 clients (same config)",
         at32["p99_ms"] if at32 else None,
         "< 50 ms",
         None if not at32 else at32["p99_ms"] < 50,
@@ -196,7 +209,7 @@ def render_table(results: dict[str, Any]) -> str:
         for lvl in ing["levels"]:
             rows.append(
                 [
-                    str(lvl["concurrency"]),
+                    _level_label(lvl, " "),
                     _n(lvl["req_per_s"]),
                     _n(lvl["p50_ms"], 1),
                     _n(lvl["p95_ms"], 1),
@@ -408,7 +421,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     ax = axes[0][0]
     levels = results.get("ingest", {}).get("levels", [])
     if levels:
-        xs = [str(lvl["concurrency"]) for lvl in levels]
+        xs = [_level_label(lvl, "\n") for lvl in levels]
         bars = ax.bar(xs, [lvl["req_per_s"] for lvl in levels], color="#4c72b0", label="POST /jobs")
         ax.bar_label(bars, fmt="%.0f", fontsize=8)
         if lim.get("insert_commit_per_s"):
@@ -438,7 +451,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
     ax = axes[0][1]
     if levels:
-        xs = [str(lvl["concurrency"]) for lvl in levels]
+        xs = [_level_label(lvl, "\n") for lvl in levels]
         for key, style in (("p50_ms", "o-"), ("p95_ms", "s-"), ("p99_ms", "^-")):
             ax.plot(xs, [lvl[key] for lvl in levels], style, label=key.replace("_ms", ""))
         ax.axhline(50, color="r", ls=":", lw=1, label="target: p99 < 50 ms at 32")

@@ -44,6 +44,8 @@ from stack import BENCH_DIR, REPO_DIR, Proc, Stack, free_port, jobq_command, wai
 
 RESULTS_DIR = BENCH_DIR / "results"
 MB = 1024 * 1024
+# The extra ingest level runs `jobq api --workers N` with one process per core (GIL-bound).
+API_PROCESSES_ROW = max(2, os.cpu_count() or 2)
 
 
 # -- configuration -------------------------------------------------------------------------
@@ -200,7 +202,9 @@ class CpuWindow:
         self.procs = []
         for pid in pids:
             with contextlib.suppress(psutil.Error):
-                self.procs.append(psutil.Process(pid))
+                proc = psutil.Process(pid)
+                # With `jobq api --workers N` the serving processes are the supervisor's children.
+                self.procs += [proc, *proc.children(recursive=True)]
         self.c0 = [self._cpu(p) for p in self.procs]
         self.m0 = psutil.cpu_times()
         self.t0 = time.monotonic()
@@ -511,12 +515,37 @@ class Bench:
                 batch["publish_backlog"] = self.publish_drain(unpublished)
         finally:
             self.stack.stop(api)
+        for lvl in levels:
+            lvl["api_processes"] = 1
+        levels.append(self.ingest_processes(queue, API_PROCESSES_ROW, 32))
         self.results["ingest"] = {
             "levels": levels,
             "batch": batch,
             "unpublished_at_end": unpublished,
             "api_peak_rss_mb": api.peak_rss / MB,
         }
+
+    def ingest_processes(
+        self, queue: tuple[str, str], processes: int, clients: int
+    ) -> dict[str, Any]:
+        """One more level, with the API as `jobq api --workers N` (one process per core)."""
+        api, url = self.start_api(queue, name=f"api-x{processes}", JOBQ_API_WORKERS=str(processes))
+        try:
+            warm = ["--concurrency", "8", "--requests", "400"]
+            self.loadgen(url, f"loadgen-warm-x{processes}", *warm)
+            self.quiet()
+            t_start = time.time()
+            r = self.loadgen_measured(url, f"loadgen-c{clients}-x{processes}", clients, api.pid)
+            r["other_processes_cpu_percent"] = self.others(t_start)
+        finally:
+            self.stack.stop(api)
+        r["api_processes"] = processes
+        log(
+            f"POST /jobs x{clients} with {processes} API processes: {r['req_per_s']:7.0f} req/s  "
+            f"p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f}  API CPU "
+            f"{r['api_cpu_percent']:.0f}%, machine {r['machine_busy_percent']:.0f}%"
+        )
+        return r
 
     def publish_drain(self, backlog: int, limit: float = 60.0) -> dict[str, Any]:
         """After a burst: how fast the API's publisher (and dispatcher) empty the backlog."""
