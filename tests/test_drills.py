@@ -103,6 +103,16 @@ def _submit_batch(api: Any, n: int, sleep: float = 0.05) -> set[str]:
     return ids
 
 
+def _submit_plain(api: Any, n: int) -> set[str]:
+    """n single POST /jobs (the group-commit path), each of which must be accepted."""
+    ids: set[str] = set()
+    for _ in range(n):
+        resp = api.post("/jobs", json={"task": "record", "payload": {"sleep": 0.01}})
+        assert resp.status_code == 201, resp.text
+        ids.add(resp.json()["id"])
+    return ids
+
+
 @pytest.fixture
 def workers(tmp_path: Path) -> Any:
     """Start worker processes; all are stopped at teardown."""
@@ -201,8 +211,11 @@ def test_drill_postgres_restart_during_processing(
         started = time.monotonic()
         with TestClient(create_app(settings)) as api:
             accepted = _submit_batch(api, JOBS, sleep=0.1)
+            accepted |= _submit_plain(api, 3)  # the committing thread now holds a connection
             conn.close()
             _restart_postgres(server, down_seconds=OUTAGE)
+            # That connection died with the server: the next submits retry on a fresh one.
+            accepted |= _submit_plain(api, 3)
             conn = psycopg2.connect(db_url)
             conn.autocommit = True
             wait_for(lambda: _all_final(conn, accepted), timeout=120 + JOBS / 5, interval=0.3)

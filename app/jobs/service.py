@@ -7,6 +7,7 @@ import json
 import logging
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,7 +15,7 @@ import anyio.to_thread
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
-from app.db import translate_db_errors
+from app.db import HeldConnections, translate_db_errors
 from app.errors import Conflict, InvalidInput, JobqError, NotFound
 from app.jobs import commands, store
 from app.jobs.group_commit import GroupCommit, Row
@@ -57,6 +58,13 @@ def created_view(row: Row, created_at: datetime, updated_at: datetime) -> JobOut
     )
 
 
+def _views(rows: list[Row], stamps: Sequence[Any]) -> list[JobOut]:
+    return [
+        created_view(row, stamp.created_at, stamp.updated_at)
+        for row, stamp in zip(rows, stamps, strict=True)
+    ]
+
+
 class JobService:
     """Submit, read, list, cancel, retry and redrive jobs."""
 
@@ -71,8 +79,11 @@ class JobService:
         self._registry = registry
         self._publisher = publisher
         self._settings = settings
+        # The committing threads keep a connection each: no checkout, pre-ping or Session per
+        # batch (see HeldConnections for what happens when PostgreSQL restarts).
+        self._held = HeldConnections(sessions.kw["bind"])
         self._group = GroupCommit(
-            self._insert_plain,
+            self._insert_grouped,
             self._announce,
             threads=settings.submit_commit_threads,
             max_rows=settings.batch_max_jobs,
@@ -81,6 +92,7 @@ class JobService:
     def close(self) -> None:
         """Commit (and hand to the publisher) every submission still waiting."""
         self._group.close()
+        self._held.close()
 
     # -- submit ---------------------------------------------------------------------------
 
@@ -151,11 +163,11 @@ class JobService:
     def _insert_plain(self, rows: list[Row]) -> list[JobOut]:
         """Insert and commit rows without idempotency keys; their API views, in order."""
         with translate_db_errors(), self._sessions.begin() as session:
-            stamps = store.insert_jobs(session, rows)
-        return [
-            created_view(row, stamp.created_at, stamp.updated_at)
-            for row, stamp in zip(rows, stamps, strict=True)
-        ]
+            return _views(rows, store.insert_jobs(session, rows))
+
+    def _insert_grouped(self, rows: list[Row]) -> list[JobOut]:
+        """_insert_plain on the calling committer thread's held connection."""
+        return _views(rows, self._held.run(lambda conn: store.insert_jobs(conn, rows)))
 
     def _submit_keyed(self, row: Row) -> tuple[JobOut, bool]:
         with translate_db_errors(), self._sessions.begin() as session:
