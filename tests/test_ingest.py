@@ -403,6 +403,8 @@ def test_publisher_reports_lag_only_while_a_backlog_waits() -> None:
 
 
 def test_api_with_several_worker_processes(settings: Any, db: Any, tmp_path: Any) -> None:
+    import contextlib
+    import os
     import signal
     import socket
     import subprocess
@@ -422,6 +424,7 @@ def test_api_with_several_worker_processes(settings: Any, db: Any, tmp_path: Any
         cwd=ROOT,
         stdout=log,
         stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group: cleanup reaches uvicorn's children
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -453,9 +456,10 @@ def test_api_with_several_worker_processes(settings: Any, db: Any, tmp_path: Any
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        # Killing only the supervisor would orphan the serving processes.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
         log.close()
     output = (tmp_path / "api.log").read_text()
     assert "Traceback" not in output, output
