@@ -48,9 +48,9 @@ class Settings(BaseSettings):
     # Receive loops per worker: one's ReceiveMessage is in flight while another's batch is
     # claimed; together they never hold more messages than free slots (slots are reserved).
     worker_pollers: int = Field(2, ge=1, le=16)
-    # A busy worker waits up to this long for a full batch (10) of free slots before it
-    # receives; an idle worker receives at once.
-    receive_linger_ms: float = Field(10.0, ge=0, le=1000)
+    # A busy worker waits up to this long to fill a batch of 10: free slots before a receive,
+    # finished jobs before their delete. An idle worker (a lone job) never waits.
+    batch_linger_ms: float = Field(20.0, ge=0, le=1000)
     sqs_wait_seconds: int = Field(MAX_WAIT_SECONDS, ge=0, le=MAX_WAIT_SECONDS)
     visibility_timeout_seconds: int = Field(30, ge=5, le=MAX_VISIBILITY_TIMEOUT)
     heartbeat_seconds: float | None = Field(None, gt=0)

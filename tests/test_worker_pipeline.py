@@ -34,11 +34,10 @@ def _statuses(db: Any, ids: list[str]) -> dict[str, str]:
         return dict(cur.fetchall())
 
 
-def _start_delays(db: Any, ids: list[str]) -> list[float]:
+def _delays(db: Any, ids: list[str], interval: str = "finished_at - created_at") -> list[float]:
     with db.cursor() as cur:
         cur.execute(
-            "SELECT extract(epoch FROM started_at - created_at) FROM jobs WHERE id::text = ANY(%s)",
-            (ids,),
+            f"SELECT extract(epoch FROM {interval}) FROM jobs WHERE id::text = ANY(%s)", (ids,)
         )
         return [float(r[0]) for r in cur.fetchall()]
 
@@ -121,19 +120,20 @@ def test_an_idle_worker_reserves_at_once_and_the_linger_is_bounded() -> None:
 # -- the worker ----------------------------------------------------------------------------
 
 
-def test_a_busy_worker_receives_full_batches(
+def test_a_busy_worker_receives_and_deletes_full_batches(
     api: Any, workers: Any, db: Any, settings: Settings
 ) -> None:
-    # Jobs of one batch end at different times; without the linger each ending frees a slot
-    # that is filled by a receive of one or two messages.
+    # Jobs of one batch end at different times; without the linger each ending is deleted on
+    # its own and frees a slot that is filled by a receive of one or two messages.
     jobs = [{"task": "sleep", "payload": {"seconds": 0.03 * (i % 10)}} for i in range(30)]
     ids = [
         item["job"]["id"] for item in api.post("/jobs/batch", json={"jobs": jobs}).json()["items"]
     ]
-    worker = workers(settings, worker_concurrency=10, worker_pollers=1, receive_linger_ms=1000)
+    worker = workers(settings, worker_concurrency=10, worker_pollers=1, batch_linger_ms=1000)
     wait_for(lambda: _queued(worker.sqs) == 30, what="all 30 messages queued")
     sizes: list[int] = []
-    receive = worker.sqs.receive
+    deletes: list[int] = []
+    receive, delete_batch = worker.sqs.receive, worker.sqs.delete_batch
 
     def recording_receive(*args: Any, **kwargs: Any) -> list[Message]:
         got = receive(*args, **kwargs)
@@ -141,20 +141,29 @@ def test_a_busy_worker_receives_full_batches(
             sizes.append(len(got))
         return got
 
+    def recording_delete(messages: list[Message]) -> int:
+        deletes.append(len(messages))
+        return delete_batch(messages)
+
     worker.sqs.receive = recording_receive  # type: ignore[method-assign]
+    worker.sqs.delete_batch = recording_delete  # type: ignore[method-assign]
     worker.start()
     wait_for(
         lambda: set(_statuses(db, ids).values()) == {"succeeded"}, timeout=60, what="30 jobs done"
     )
     assert sum(sizes) == 30 and len(sizes) <= 4, sizes
+    wait_for(lambda: sum(deletes) == 30, what="30 messages deleted")
+    assert len(deletes) <= 4, deletes
 
 
 def test_an_idle_worker_starts_a_new_job_at_once_despite_a_long_linger(
     api: Any, workers: Any, db: Any, settings: Settings
 ) -> None:
-    workers(settings, worker_concurrency=16, receive_linger_ms=1000).start()
+    workers(settings, worker_concurrency=16, batch_linger_ms=1000).start()
     ids = [_run_one(api, db) for _ in range(3)]
-    assert max(_start_delays(db, ids)) < 0.5, _start_delays(db, ids)
+    # Neither its receive nor its completion waits for a batch that is not coming.
+    assert max(_delays(db, ids, "started_at - created_at")) < 0.5, _delays(db, ids)
+    assert max(_delays(db, ids, "finished_at - started_at")) < 0.5, _delays(db, ids)
 
 
 def test_one_poller_receives_while_another_waits_for_its_claim(

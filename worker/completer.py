@@ -25,6 +25,7 @@ from app.jobs import transitions
 from app.jobs.states import JobStatus
 from app.jobs.transitions import Claimed, Finish
 from app.queue import Message, SqsQueue
+from app.sqs_limits import MAX_BATCH
 from worker.executor import Outcome
 from worker.retry import backoff_seconds, is_final_attempt
 
@@ -67,6 +68,9 @@ class Completer:
         db_retry_seconds: float = 60.0,
         jitter: Callable[[], float] = random.random,
         on_done: OnDone | None = None,
+        linger: float = 0.0,
+        fill: int = MAX_BATCH,
+        others_running: Callable[[int], bool] | None = None,
     ) -> None:
         self._db = db
         self._sqs = sqs
@@ -76,6 +80,9 @@ class Completer:
         self._db_retry_seconds = db_retry_seconds
         self._jitter = jitter
         self._on_done = on_done
+        self._linger = linger
+        self._fill = fill
+        self._others_running = others_running
         self._queue: queue.SimpleQueue[Completion | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
 
@@ -101,10 +108,34 @@ class Completer:
         while True:
             # Whatever finished during the previous write: under load, that is the batch.
             batch, stop = take_batch(self._queue, MAX_COMPLETION_BATCH)
+            if not stop:
+                stop = self._top_up(batch)
             if batch:
                 self._complete_and_report(batch)
             if stop:
                 return
+
+    def _top_up(self, batch: list[Completion]) -> bool:
+        """While other jobs still run, wait up to the linger for `fill` completions.
+
+        A lone job (nothing else running) is completed at once. Returns True on the stop
+        sentinel.
+        """
+        if not self._linger or self._others_running is None:
+            return False
+        deadline = time.monotonic() + self._linger
+        while len(batch) < self._fill and self._others_running(len(batch)):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            try:
+                item = self._queue.get(timeout=left)
+            except queue.Empty:
+                return False
+            if item is None:
+                return True
+            batch.append(item)
+        return False
 
     def _complete_and_report(self, batch: list[Completion]) -> None:
         statuses: list[str | None]

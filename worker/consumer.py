@@ -60,6 +60,7 @@ class Consumer:
         queues: Sequence[tuple[str, int]] | None = None,
         pollers: int = 1,
         linger: float = 0.0,
+        batch: int = MAX_BATCH,
     ) -> None:
         self._queues = list(queues or [(sqs.url, 1)])
         self._sqs = sqs
@@ -68,6 +69,7 @@ class Consumer:
         self._wait = wait_seconds
         self._pollers = max(1, pollers)
         self._linger = linger
+        self._batch = batch
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -75,7 +77,7 @@ class Consumer:
         delay = 0.5
         while not self._stop.is_set():
             reserved = self._inflight.reserve(
-                MAX_BATCH, batch=MAX_BATCH, linger=self._linger, timeout=1.0
+                MAX_BATCH, batch=self._batch, linger=self._linger, timeout=1.0
             )
             if reserved == 0:
                 continue

@@ -22,6 +22,7 @@ from app.observability import metrics, tracing
 from app.observability.context import trace_id_var
 from app.queue import Message
 from app.runtime import Runtime
+from app.sqs_limits import MAX_BATCH
 from app.tasks.registry import JobContext
 from worker.completer import Completer, Completion
 from worker.consumer import Consumer
@@ -65,6 +66,10 @@ class Worker:
         self.db = HeldConnections(runtime.engine)
         self.pool = ThreadPoolExecutor(s.worker_concurrency, thread_name_prefix="jobq-exec")
         self.executor = Executor(runtime.registry, s.task_timeout_seconds)
+        # Receives and completions aim at full batches of 10 (fewer with few slots, so that
+        # every poller can have a batch in flight).
+        batch = max(1, min(MAX_BATCH, s.worker_concurrency // s.worker_pollers))
+        linger = s.batch_linger_ms / 1000
         self.completer = Completer(
             self.db,
             self.sqs,
@@ -72,6 +77,9 @@ class Worker:
             backoff_base=s.backoff_base_seconds,
             backoff_cap=s.backoff_cap_seconds,
             on_done=self._completed,
+            linger=linger,
+            fill=batch,
+            others_running=lambda taken: self.inflight.held() > taken,
         )
         self.consumer = Consumer(
             self.sqs,
@@ -80,7 +88,8 @@ class Worker:
             wait_seconds=s.sqs_wait_seconds,
             queues=poll_weights(s),
             pollers=s.worker_pollers,
-            linger=s.receive_linger_ms / 1000,
+            linger=linger,
+            batch=batch,
         )
         self.heartbeat = Heartbeat(
             self.inflight,
