@@ -142,12 +142,13 @@ def classify(sql: str) -> str:
         return "UPDATE jobs SET published_at (publisher)"
     if u.startswith("UPDATE JOBS SET LEASE_EXPIRES_AT"):
         return "UPDATE jobs SET lease (heartbeat)"
+    if u.startswith("WITH V AS (") and "UNNEST(" in u:
+        # Checked before the claim: the batched finish also locks rows and names 'running'.
+        return "finish: WITH v AS (unnest ...) UPDATE jobs, INSERT job_attempts"
     if "UPDATE JOBS AS J SET STATUS = 'RUNNING'" in u or (
         "FOR UPDATE" in u and "RUNNING" in u and u.startswith("WITH")
     ):
         return "claim: WITH prev ... UPDATE jobs ... RETURNING"
-    if u.startswith("WITH U AS ( UPDATE JOBS SET STATUS"):
-        return "finish: WITH u AS (UPDATE jobs) INSERT INTO job_attempts"
     if u.startswith("SELECT") and "FOR UPDATE SKIP LOCKED" in u:
         return "SELECT ... FOR UPDATE SKIP LOCKED (dispatcher)"
     s = re.sub(r"'[^']*'", "?", s)
