@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -15,6 +16,7 @@ from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from app.errors import DatabaseUnavailable, InvalidInput, JobqError
 
 T = TypeVar("T")
+log = logging.getLogger("jobq.db")
 
 
 class Base(DeclarativeBase):
@@ -84,6 +86,21 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+# SQLSTATEs for which PostgreSQL rolled the whole transaction back: deadlock_detected and
+# serialization_failure.
+_CONFLICT_SQLSTATES = frozenset({"40P01", "40001"})
+CONFLICT_RETRIES = 3
+
+
+def is_conflict(exc: BaseException) -> bool:
+    """True if `exc` (or what it was translated from) is a deadlock or serialization failure."""
+    while exc is not None:
+        if getattr(getattr(exc, "orig", None), "pgcode", None) in _CONFLICT_SQLSTATES:
+            return True
+        exc = exc.__cause__  # type: ignore[assignment]
+    return False
+
+
 class HeldConnections:
     """Each thread that runs transactions here keeps one pooled connection across them.
 
@@ -102,19 +119,30 @@ class HeldConnections:
         self._all: list[Connection] = []
 
     def run(self, work: Callable[[Connection], T]) -> T:
-        """`work` in one transaction on this thread's connection, committed on return."""
-        for attempt in (1, 2):
+        """`work` in one transaction on this thread's connection, committed on return.
+
+        Also run again (up to CONFLICT_RETRIES times) when PostgreSQL aborted the transaction
+        to break a deadlock or a serialization conflict: nothing of it was written, and trying
+        again is the remedy PostgreSQL documents. Without this a worker's failed claim waited
+        for the visibility timeout (30 s) before its jobs came back.
+        """
+        reconnected, conflicts = False, 0
+        while True:
             conn = self._connection()
             try:
                 with translate_db_errors(), conn.begin():
                     return work(conn)
-            except DatabaseUnavailable:
-                if not conn.invalidated:
+            except DatabaseUnavailable as exc:
+                if conn.invalidated:
+                    self._drop(conn)
+                    if reconnected:
+                        raise
+                    reconnected = True
+                elif is_conflict(exc) and conflicts < CONFLICT_RETRIES:
+                    conflicts += 1
+                    log.info("transaction aborted by a conflict (%s); running it again", exc)
+                else:
                     raise
-                self._drop(conn)
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
 
     def _connection(self) -> Connection:
         conn: Connection | None = getattr(self._local, "conn", None)

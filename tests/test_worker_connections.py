@@ -83,3 +83,65 @@ def test_a_worker_whose_connections_died_claims_and_completes_without_redelivery
     with db.cursor() as cur:
         cur.execute("SELECT count(*) FROM job_attempts WHERE outcome <> 'succeeded'")
         assert cur.fetchone()[0] == 0
+
+
+# -- transactions PostgreSQL aborted to break a deadlock ----------------------------------------
+
+
+def _abort_first(sqlstate: str, times: int) -> tuple[Any, list[int]]:
+    """Work that PostgreSQL aborts with `sqlstate` on its first `times` runs, then returns 42."""
+    from sqlalchemy import text
+
+    runs: list[int] = []
+
+    def work(conn: Any) -> int:
+        runs.append(1)
+        conn.execute(text("INSERT INTO job_attempts_probe VALUES (:n)"), {"n": len(runs)})
+        if len(runs) <= times:
+            conn.execute(
+                text(f"DO $$ BEGIN RAISE EXCEPTION 'conflict' USING ERRCODE = '{sqlstate}'; END $$")
+            )
+        return 42
+
+    return work, runs
+
+
+@pytest.fixture
+def held(runtime: Runtime, db: Any) -> Iterator[Any]:
+    from app.db import HeldConnections
+
+    with db.cursor() as cur:
+        cur.execute("CREATE TABLE IF NOT EXISTS job_attempts_probe (n int)")
+        cur.execute("TRUNCATE job_attempts_probe")
+    db.commit()
+    connections = HeldConnections(runtime.engine)
+    yield connections
+    connections.close()
+
+
+def _probe_rows(db: Any) -> list[int]:
+    with db.cursor() as cur:
+        cur.execute("SELECT n FROM job_attempts_probe ORDER BY n")
+        return [r[0] for r in cur.fetchall()]
+
+
+@pytest.mark.parametrize("sqlstate", ["40P01", "40001"])  # deadlock, serialization failure
+def test_a_transaction_aborted_by_a_conflict_runs_again(held: Any, db: Any, sqlstate: str) -> None:
+    work, runs = _abort_first(sqlstate, times=2)
+    assert held.run(work) == 42
+    assert len(runs) == 3
+    assert _probe_rows(db) == [3]  # the aborted runs wrote nothing
+
+
+def test_conflict_retries_are_bounded_and_other_errors_are_not_retried(held: Any, db: Any) -> None:
+    from app.db import CONFLICT_RETRIES
+    from app.errors import DatabaseUnavailable, InvalidInput
+
+    work, runs = _abort_first("40P01", times=CONFLICT_RETRIES + 1)
+    with pytest.raises(DatabaseUnavailable, match="conflict"):
+        held.run(work)
+    assert len(runs) == CONFLICT_RETRIES + 1
+    work, runs = _abort_first("22012", times=1)  # division_by_zero: bad data, not a conflict
+    with pytest.raises(InvalidInput):
+        held.run(work)
+    assert len(runs) == 1 and _probe_rows(db) == []

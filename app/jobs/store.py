@@ -131,9 +131,13 @@ def list_jobs(
     return rows, None
 
 
+# Rows are locked in id order, as the worker's claim locks them: a plain UPDATE locks in plan
+# order (heap order under a bitmap scan), and a claim of the same jobs running meanwhile
+# deadlocked with it (seen in the benchmark's submit-while-working phase).
 _MARK_PUBLISHED = text(
-    "UPDATE jobs SET published_at = now() WHERE id = ANY(CAST(:ids AS uuid[]))"
-    " AND published_at IS NULL"
+    "UPDATE jobs SET published_at = now() WHERE id IN ("
+    " SELECT id FROM jobs WHERE id = ANY(CAST(:ids AS uuid[])) AND published_at IS NULL"
+    " ORDER BY id FOR UPDATE)"
 )
 
 
