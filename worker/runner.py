@@ -65,7 +65,9 @@ class Worker:
         # Claims and completions keep their connections (no pre-ping per transaction).
         self.db = HeldConnections(runtime.engine)
         self.pool = ThreadPoolExecutor(s.worker_concurrency, thread_name_prefix="jobq-exec")
-        self.executor = Executor(runtime.registry, s.task_timeout_seconds)
+        self.executor = Executor(
+            runtime.registry, s.task_timeout_seconds, max_idle=s.worker_concurrency
+        )
         # Receives and completions aim at full batches of 10 (fewer with few slots, so that
         # every poller can have a batch in flight).
         batch = max(1, min(MAX_BATCH, s.worker_concurrency // s.worker_pollers))
