@@ -32,6 +32,7 @@ DRAIN_MAX = 30 * MAX_BATCH
 # dispatcher does not re-send what was sent but not yet confirmed.
 CONFIRM_MAX = 10 * MAX_BATCH
 CONFIRM_SECONDS = 0.05
+WARN_EVERY_SECONDS = 5.0
 
 log = logging.getLogger("jobq.publisher")
 
@@ -99,6 +100,9 @@ class Publisher:
         # (when queued, what); None stops the collector.
         self._pending: queue.SimpleQueue[tuple[float, Outgoing] | None] = queue.SimpleQueue()
         self._lag = 0.0  # how long the ids of the latest cycle had waited
+        # While SQS is down every call fails: one warning per WARN_EVERY_SECONDS, not per call.
+        self._quiet_until = 0.0
+        self._suppressed = 0
         self._thread: threading.Thread | None = None
         self._senders: _Pool[list[Outgoing], tuple[list[uuid.UUID], BaseException | None]] | None
         self._senders = None
@@ -176,6 +180,21 @@ class Publisher:
             batch.append(item[1])
         return batch, False
 
+    def _warn_failed(self, calls: int, exc: JobqError) -> None:
+        """Log failed sends at most once per WARN_EVERY_SECONDS, counting the ones in between."""
+        now = time.monotonic()
+        if now < self._quiet_until:  # only the publisher thread gets here: no lock needed
+            self._suppressed += calls
+            return
+        earlier, self._suppressed = self._suppressed, 0
+        self._quiet_until = now + WARN_EVERY_SECONDS
+        log.warning(
+            "fast-path publish failed for %d call(s)%s; dispatcher will retry: %s",
+            calls,
+            f" (and {earlier} more since the last warning)" if earlier else "",
+            exc,
+        )
+
     def _send(self, batch: list[Outgoing]) -> list[uuid.UUID]:
         """SendMessageBatch per 10 ids of one queue, in parallel; the ids SQS accepted."""
         by_url: dict[str, list[Outgoing]] = {}
@@ -200,11 +219,7 @@ class Publisher:
             # Not lost: the rows stay unpublished and the dispatcher sends them later.
             exc = failures[0]
             if isinstance(exc, JobqError):
-                log.warning(
-                    "fast-path publish failed for %d call(s); dispatcher will retry: %s",
-                    len(failures),
-                    exc,
-                )
+                self._warn_failed(len(failures), exc)
             else:
                 log.error(
                     "fast-path publish crashed; dispatcher will retry",

@@ -347,9 +347,11 @@ def test_publisher_sends_a_burst_in_parallel_and_confirms_in_few_updates() -> No
     assert len(sessions.marked) <= 10  # one UPDATE per many calls
 
 
-def test_publisher_failures_leave_rows_to_the_dispatcher() -> None:
+def test_publisher_failures_leave_rows_to_the_dispatcher(caplog: Any) -> None:
     class DownSqs(FakeSqs):
         def send_batch(self, items: list[Outgoing]) -> list[uuid.UUID]:
+            with self.lock:
+                self.calls.append([i.job_id for i in items])
             raise JobqError("queue unavailable")
 
     sqs, sessions = DownSqs(), FakeSessions()
@@ -358,9 +360,13 @@ def test_publisher_failures_leave_rows_to_the_dispatcher() -> None:
     try:
         for _ in range(25):
             publisher.publish(Outgoing(uuid.uuid4()))
+            time.sleep(0.002)  # the pace of arrivals, so the publisher makes many calls
+        wait_for(lambda: sum(len(c) for c in sqs.calls) == 25, what="every id tried")
     finally:
         publisher.stop()
     assert sessions.marked == []  # nothing confirmed: the dispatcher re-sends them later
+    warnings = [r for r in caplog.records if "publish failed" in r.getMessage()]
+    assert len(sqs.calls) > 1 and len(warnings) == 1  # an outage logs once per 5 s, not per call
 
 
 def test_dispatcher_leaves_overdue_rows_to_a_lagging_publisher(
