@@ -147,9 +147,24 @@ def _count_route_calls(monkeypatch: Any) -> list[int]:
     return calls
 
 
+def _posts_counted(api: Any, status: str) -> float:
+    """jobq_http_requests_total for POST /jobs with `status` (the registry is per process)."""
+    from prometheus_client import REGISTRY
+
+    value = REGISTRY.get_sample_value(
+        "jobq_http_requests_total", {"method": "POST", "route": "/jobs", "status": status}
+    )
+    return value or 0.0
+
+
 def test_plain_submit_takes_the_fast_path_keyed_the_full_route(api: Any, monkeypatch: Any) -> None:
     calls = _count_route_calls(monkeypatch)
+    created_before, invalid_before = _posts_counted(api, "201"), _posts_counted(api, "422")
     plain = api.post("/jobs", json={"task": "echo", "payload": {"a": 1}})
+    assert api.post("/jobs", json={"task": "no-such-task"}).status_code == 422
+    # Metrics label fast-path requests by the route template, like the full route's.
+    assert _posts_counted(api, "201") == created_before + 1
+    assert _posts_counted(api, "422") == invalid_before + 1
     assert plain.status_code == 201, plain.text
     assert plain.headers["content-type"] == "application/json"
     assert plain.json() == api.get(f"/jobs/{plain.json()['id']}").json()
