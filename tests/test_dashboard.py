@@ -50,7 +50,14 @@ def browser() -> Iterator[Any]:
 
 
 def _text(driver: Any) -> str:
-    return str(driver.find_element("tag name", "body").text)
+    """The page's text; "" while the page is being replaced (a refresh or a form's reload), so
+    callers polling with wait_for simply look again."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    try:
+        return str(driver.find_element("tag name", "body").text)
+    except StaleElementReferenceException:
+        return ""
 
 
 def test_dashboard_shows_jobs_and_retry_works(
