@@ -50,13 +50,14 @@ def browser() -> Iterator[Any]:
 
 
 def _text(driver: Any) -> str:
-    """The page's text; "" while the page is being replaced (a refresh or a form's reload), so
-    callers polling with wait_for simply look again."""
-    from selenium.common.exceptions import StaleElementReferenceException
+    """The page's text; "" while the page is being replaced (a refresh or a form's reload: the
+    old body is stale, or the new one not there yet), so callers polling with wait_for look
+    again."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 
     try:
         return str(driver.find_element("tag name", "body").text)
-    except StaleElementReferenceException:
+    except (StaleElementReferenceException, NoSuchElementException):
         return ""
 
 
