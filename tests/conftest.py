@@ -205,3 +205,23 @@ def live_api(settings: Settings) -> Iterator[str]:
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(15)
+
+
+@pytest.fixture
+def custom_workers() -> Iterator[Any]:
+    """Build (not start) in-process workers for custom settings; all stopped at teardown."""
+    from app.runtime import build_runtime
+    from worker.runner import Worker
+
+    made: list[tuple[Worker, Runtime]] = []
+
+    def make(settings: Settings, **overrides: Any) -> Worker:
+        rt = build_runtime(settings.model_copy(update=overrides))
+        w = Worker(rt)
+        made.append((w, rt))
+        return w
+
+    yield make
+    for w, rt in made:
+        w.stop(grace=5)
+        rt.close()

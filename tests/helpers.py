@@ -8,7 +8,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from app.config import Settings
 
@@ -70,3 +70,21 @@ def start_worker_process(
         stdout=log,
         stderr=subprocess.STDOUT,
     )
+
+
+def job_statuses(db: Any, ids: list[str]) -> dict[str, str]:
+    """Job id -> status for these ids (a psycopg2 connection)."""
+    with db.cursor() as cur:
+        cur.execute("SELECT id::text, status FROM jobs WHERE id::text = ANY(%s)", (ids,))
+        return dict(cur.fetchall())
+
+
+def run_echo_job(api: Any, db: Any, timeout: float = 30) -> str:
+    """Submit an echo job and wait until it succeeded; its id."""
+    job_id: str = api.post("/jobs", json={"task": "echo"}).json()["id"]
+    wait_for(
+        lambda: job_statuses(db, [job_id]) == {job_id: "succeeded"},
+        timeout=timeout,
+        what=f"job {job_id} to succeed within {timeout} s",
+    )
+    return job_id

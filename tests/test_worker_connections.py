@@ -9,69 +9,34 @@ import pytest
 from sqlalchemy import event
 
 from app.config import Settings
-from app.runtime import Runtime, build_runtime
-from tests.helpers import wait_for
-from worker.runner import Worker
-
-
-def _statuses(db: Any, ids: list[str]) -> dict[str, str]:
-    with db.cursor() as cur:
-        cur.execute("SELECT id::text, status FROM jobs WHERE id::text = ANY(%s)", (ids,))
-        return dict(cur.fetchall())
-
-
-def _run_one(api: Any, db: Any, timeout: float = 30) -> str:
-    """Submit an echo job and wait until it succeeded; its id."""
-    job_id: str = api.post("/jobs", json={"task": "echo"}).json()["id"]
-    wait_for(
-        lambda: _statuses(db, [job_id]) == {job_id: "succeeded"},
-        timeout=timeout,
-        what=f"job {job_id} to succeed within {timeout} s",
-    )
-    return job_id
-
-
-@pytest.fixture
-def workers() -> Iterator[Any]:
-    """Build (not start) in-process workers for custom settings; all stopped at teardown."""
-    made: list[tuple[Worker, Runtime]] = []
-
-    def make(settings: Settings, **overrides: Any) -> Worker:
-        rt = build_runtime(settings.model_copy(update=overrides))
-        w = Worker(rt)
-        made.append((w, rt))
-        return w
-
-    yield make
-    for w, rt in made:
-        w.stop(grace=5)
-        rt.close()
+from app.runtime import Runtime
+from tests.helpers import run_echo_job
 
 
 def test_claims_and_completions_keep_their_connections(
-    api: Any, workers: Any, db: Any, settings: Settings
+    api: Any, custom_workers: Any, db: Any, settings: Settings
 ) -> None:
-    worker = workers(settings, worker_concurrency=4, worker_pollers=1)
+    worker = custom_workers(settings, worker_concurrency=4, worker_pollers=1)
     worker.start()
-    _run_one(api, db)  # warm-up: the poller and the completer hold their connections now
+    run_echo_job(api, db)  # warm-up: the poller and the completer hold their connections now
     checkouts: list[object] = []
     event.listen(worker.runtime.engine.pool, "checkout", lambda *a: checkouts.append(a))
     for _ in range(10):
-        _run_one(api, db)
+        run_echo_job(api, db)
     # 10 claims and 10 completions; only a heartbeat may have checked a connection out.
     assert len(checkouts) <= 3, len(checkouts)
 
 
 def test_a_worker_whose_connections_died_claims_and_completes_without_redelivery(
-    api: Any, workers: Any, db: Any, settings: Settings
+    api: Any, custom_workers: Any, db: Any, settings: Settings
 ) -> None:
     # A visibility timeout far longer than the deadline below: a failed claim would make the
     # job wait for redelivery.
-    worker = workers(
+    worker = custom_workers(
         settings, worker_concurrency=4, worker_pollers=1, visibility_timeout_seconds=60
     )
     worker.start()
-    _run_one(api, db)  # warm-up: the poller and the completer hold their connections now
+    run_echo_job(api, db)  # warm-up: the poller and the completer hold their connections now
     with db.cursor() as cur:  # what a PostgreSQL restart does to every pooled connection
         cur.execute(
             """SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
@@ -79,7 +44,7 @@ def test_a_worker_whose_connections_died_claims_and_completes_without_redelivery
         )
         assert cur.fetchone()[0] >= 2  # at least the poller's and the completer's
     for _ in range(3):
-        _run_one(api, db, timeout=10)  # not waiting for a redelivery
+        run_echo_job(api, db, timeout=10)  # not waiting for a redelivery
     with db.cursor() as cur:
         cur.execute("SELECT count(*) FROM job_attempts WHERE outcome <> 'succeeded'")
         assert cur.fetchone()[0] == 0

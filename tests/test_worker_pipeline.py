@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg2
@@ -14,10 +13,8 @@ from sqlalchemy.engine import make_url
 
 from app.config import Settings
 from app.queue import Message
-from app.runtime import Runtime, build_runtime
-from tests.helpers import wait_for
+from tests.helpers import job_statuses, run_echo_job, wait_for
 from worker.inflight import InFlight
-from worker.runner import Worker
 
 
 def _message(i: int) -> Message:
@@ -28,46 +25,12 @@ def _queued(sqs: Any) -> int:
     return int(sqs.attributes()["ApproximateNumberOfMessages"])
 
 
-def _statuses(db: Any, ids: list[str]) -> dict[str, str]:
-    with db.cursor() as cur:
-        cur.execute("SELECT id::text, status FROM jobs WHERE id::text = ANY(%s)", (ids,))
-        return dict(cur.fetchall())
-
-
 def _delays(db: Any, ids: list[str], interval: str = "finished_at - created_at") -> list[float]:
     with db.cursor() as cur:
         cur.execute(
             f"SELECT extract(epoch FROM {interval}) FROM jobs WHERE id::text = ANY(%s)", (ids,)
         )
         return [float(r[0]) for r in cur.fetchall()]
-
-
-def _run_one(api: Any, db: Any, timeout: float = 30) -> str:
-    """Submit an echo job and wait until it succeeded; its id."""
-    job_id: str = api.post("/jobs", json={"task": "echo"}).json()["id"]
-    wait_for(
-        lambda: _statuses(db, [job_id]) == {job_id: "succeeded"},
-        timeout=timeout,
-        what=f"job {job_id} to succeed within {timeout} s",
-    )
-    return job_id
-
-
-@pytest.fixture
-def workers() -> Iterator[Any]:
-    """Build (not start) in-process workers for custom settings; all stopped at teardown."""
-    made: list[tuple[Worker, Runtime]] = []
-
-    def make(settings: Settings, **overrides: Any) -> Worker:
-        rt = build_runtime(settings.model_copy(update=overrides))
-        w = Worker(rt)
-        made.append((w, rt))
-        return w
-
-    yield make
-    for w, rt in made:
-        w.stop(grace=5)
-        rt.close()
 
 
 # -- slot reservations -----------------------------------------------------------------------
@@ -121,7 +84,7 @@ def test_an_idle_worker_reserves_at_once_and_the_linger_is_bounded() -> None:
 
 
 def test_a_busy_worker_receives_and_deletes_full_batches(
-    api: Any, workers: Any, db: Any, settings: Settings
+    api: Any, custom_workers: Any, db: Any, settings: Settings
 ) -> None:
     # Jobs of one batch end at different times; without the linger each ending is deleted on
     # its own and frees a slot that is filled by a receive of one or two messages.
@@ -129,7 +92,7 @@ def test_a_busy_worker_receives_and_deletes_full_batches(
     ids = [
         item["job"]["id"] for item in api.post("/jobs/batch", json={"jobs": jobs}).json()["items"]
     ]
-    worker = workers(settings, worker_concurrency=10, worker_pollers=1, batch_linger_ms=1000)
+    worker = custom_workers(settings, worker_concurrency=10, worker_pollers=1, batch_linger_ms=1000)
     wait_for(lambda: _queued(worker.sqs) == 30, what="all 30 messages queued")
     sizes: list[int] = []
     deletes: list[int] = []
@@ -149,7 +112,9 @@ def test_a_busy_worker_receives_and_deletes_full_batches(
     worker.sqs.delete_batch = recording_delete  # type: ignore[method-assign]
     worker.start()
     wait_for(
-        lambda: set(_statuses(db, ids).values()) == {"succeeded"}, timeout=60, what="30 jobs done"
+        lambda: set(job_statuses(db, ids).values()) == {"succeeded"},
+        timeout=60,
+        what="30 jobs done",
     )
     assert sum(sizes) == 30 and len(sizes) <= 4, sizes
     wait_for(lambda: sum(deletes) == 30, what="30 messages deleted")
@@ -157,17 +122,17 @@ def test_a_busy_worker_receives_and_deletes_full_batches(
 
 
 def test_an_idle_worker_starts_a_new_job_at_once_despite_a_long_linger(
-    api: Any, workers: Any, db: Any, settings: Settings
+    api: Any, custom_workers: Any, db: Any, settings: Settings
 ) -> None:
-    workers(settings, worker_concurrency=16, batch_linger_ms=1000).start()
-    ids = [_run_one(api, db) for _ in range(3)]
+    custom_workers(settings, worker_concurrency=16, batch_linger_ms=1000).start()
+    ids = [run_echo_job(api, db) for _ in range(3)]
     # Neither its receive nor its completion waits for a batch that is not coming.
     assert max(_delays(db, ids, "started_at - created_at")) < 0.5, _delays(db, ids)
     assert max(_delays(db, ids, "finished_at - started_at")) < 0.5, _delays(db, ids)
 
 
 def test_one_poller_receives_while_another_waits_for_its_claim(
-    api: Any, workers: Any, db: Any, database_url: str, settings: Settings
+    api: Any, custom_workers: Any, db: Any, database_url: str, settings: Settings
 ) -> None:
     blocked = api.post("/jobs", json={"task": "echo"}).json()["id"]
     locker = psycopg2.connect(
@@ -176,7 +141,7 @@ def test_one_poller_receives_while_another_waits_for_its_claim(
     try:
         with locker.cursor() as cur:  # hold the job's row: its claim waits on the lock
             cur.execute("SELECT 1 FROM jobs WHERE id = %s FOR UPDATE", (blocked,))
-        workers(settings, worker_concurrency=4, worker_pollers=2).start()
+        custom_workers(settings, worker_concurrency=4, worker_pollers=2).start()
 
         def claim_waiting() -> bool:
             with db.cursor() as cur:
@@ -189,9 +154,9 @@ def test_one_poller_receives_while_another_waits_for_its_claim(
         wait_for(claim_waiting, what="the claim to wait on the row lock")
         # With one receive-and-claim loop nothing is received until that claim returns.
         other = api.post("/jobs", json={"task": "echo"}).json()["id"]
-        wait_for(lambda: _statuses(db, [other]) == {other: "succeeded"}, what="the other job")
-        assert _statuses(db, [blocked]) == {blocked: "queued"}
+        wait_for(lambda: job_statuses(db, [other]) == {other: "succeeded"}, what="the other job")
+        assert job_statuses(db, [blocked]) == {blocked: "queued"}
     finally:
         locker.rollback()
         locker.close()
-    wait_for(lambda: _statuses(db, [blocked]) == {blocked: "succeeded"}, what="the blocked job")
+    wait_for(lambda: job_statuses(db, [blocked]) == {blocked: "succeeded"}, what="the blocked job")
