@@ -159,13 +159,15 @@ def api(settings: Settings) -> Iterator[Any]:
 
 @pytest.fixture
 def worker_factory(settings: Settings) -> Iterator[Any]:
-    """Start in-process workers; every one is stopped at teardown."""
+    """Start in-process workers (`run=False`: only build them), with optional setting
+    overrides; every one is stopped at teardown."""
     started: list[tuple[Worker, Runtime]] = []
 
-    def start(custom: Settings | None = None) -> Worker:
-        rt = build_runtime(custom or settings)
+    def start(custom: Settings | None = None, *, run: bool = True, **overrides: Any) -> Worker:
+        rt = build_runtime((custom or settings).model_copy(update=overrides))
         w = Worker(rt)
-        w.start()
+        if run:
+            w.start()
         started.append((w, rt))
         return w
 
@@ -205,23 +207,3 @@ def live_api(settings: Settings) -> Iterator[str]:
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(15)
-
-
-@pytest.fixture
-def custom_workers() -> Iterator[Any]:
-    """Build (not start) in-process workers for custom settings; all stopped at teardown."""
-    from app.runtime import build_runtime
-    from worker.runner import Worker
-
-    made: list[tuple[Worker, Runtime]] = []
-
-    def make(settings: Settings, **overrides: Any) -> Worker:
-        rt = build_runtime(settings.model_copy(update=overrides))
-        w = Worker(rt)
-        made.append((w, rt))
-        return w
-
-    yield make
-    for w, rt in made:
-        w.stop(grace=5)
-        rt.close()

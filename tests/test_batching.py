@@ -86,10 +86,8 @@ def test_claim_many_claims_each_job_once_and_skips_the_unclaimable(
     assert Counter(s for s, _ in _statuses(db, [str(i) for i in rest]).values()) == {"running": 3}
 
 
-def test_claim_many_records_the_lost_attempt_of_an_expired_lease(
-    api: Any, runtime: Any, db: Any
-) -> None:
-    job_id = uuid.UUID(api.post("/jobs", json={"task": "echo"}).json()["id"])
+def _held_by_a_dead_worker(runtime: Any, db: Any, job_id: uuid.UUID) -> None:
+    """Claim the job for a worker that then died: running, with its lease already expired."""
     with runtime.sessions.begin() as s:
         transitions.claim_many(s, [job_id], "dead-worker", 30, cap=10)
     with db.cursor() as cur:
@@ -97,6 +95,13 @@ def test_claim_many_records_the_lost_attempt_of_an_expired_lease(
             "UPDATE jobs SET lease_expires_at = now() - interval '1 s' WHERE id = %s",
             (str(job_id),),
         )
+
+
+def test_claim_many_records_the_lost_attempt_of_an_expired_lease(
+    api: Any, runtime: Any, db: Any
+) -> None:
+    job_id = uuid.UUID(api.post("/jobs", json={"task": "echo"}).json()["id"])
+    _held_by_a_dead_worker(runtime, db, job_id)
     with runtime.sessions.begin() as s:
         claimed = transitions.claim_many(s, [job_id], "w-new", 30, cap=10)
     assert claimed[job_id].attempt == 2 and claimed[job_id].lost_previous
@@ -172,14 +177,8 @@ def test_delivery_that_missed_an_expiring_lease_comes_back_instead_of_being_dele
 
     job_id = uuid.UUID(api.post("/jobs", json={"task": "echo"}).json()["id"])
     message = wait_for(lambda: next(iter(runtime.sqs.receive(1, 1)), None), what="the message")
-    with runtime.sessions.begin() as s:
-        transitions.claim_many(s, [job_id], "dead-worker", 30, cap=10)
     # The lease expired after this worker's claim failed and before it looked at the job.
-    with db.cursor() as cur:
-        cur.execute(
-            "UPDATE jobs SET lease_expires_at = now() - interval '1 s' WHERE id = %s",
-            (str(job_id),),
-        )
+    _held_by_a_dead_worker(runtime, db, job_id)
     Worker(runtime)._unclaimed(message, job_id)
     again = wait_for(
         lambda: next(iter(runtime.sqs.receive(1, 1)), None), timeout=15, what="redelivery"

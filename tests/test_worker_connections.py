@@ -14,9 +14,9 @@ from tests.helpers import run_echo_job
 
 
 def test_claims_and_completions_keep_their_connections(
-    api: Any, custom_workers: Any, db: Any, settings: Settings
+    api: Any, worker_factory: Any, db: Any, settings: Settings
 ) -> None:
-    worker = custom_workers(settings, worker_concurrency=4, worker_pollers=1)
+    worker = worker_factory(settings, run=False, worker_concurrency=4, worker_pollers=1)
     worker.start()
     run_echo_job(api, db)  # warm-up: the poller and the completer hold their connections now
     checkouts: list[object] = []
@@ -28,12 +28,12 @@ def test_claims_and_completions_keep_their_connections(
 
 
 def test_a_worker_whose_connections_died_claims_and_completes_without_redelivery(
-    api: Any, custom_workers: Any, db: Any, settings: Settings
+    api: Any, worker_factory: Any, db: Any, settings: Settings
 ) -> None:
     # A visibility timeout far longer than the deadline below: a failed claim would make the
     # job wait for redelivery.
-    worker = custom_workers(
-        settings, worker_concurrency=4, worker_pollers=1, visibility_timeout_seconds=60
+    worker = worker_factory(
+        settings, run=False, worker_concurrency=4, worker_pollers=1, visibility_timeout_seconds=60
     )
     worker.start()
     run_echo_job(api, db)  # warm-up: the poller and the completer hold their connections now

@@ -84,7 +84,7 @@ def test_an_idle_worker_reserves_at_once_and_the_linger_is_bounded() -> None:
 
 
 def test_a_busy_worker_receives_and_deletes_full_batches(
-    api: Any, custom_workers: Any, db: Any, settings: Settings
+    api: Any, worker_factory: Any, db: Any, settings: Settings
 ) -> None:
     # Jobs of one batch end at different times; without the linger each ending is deleted on
     # its own and frees a slot that is filled by a receive of one or two messages.
@@ -92,7 +92,9 @@ def test_a_busy_worker_receives_and_deletes_full_batches(
     ids = [
         item["job"]["id"] for item in api.post("/jobs/batch", json={"jobs": jobs}).json()["items"]
     ]
-    worker = custom_workers(settings, worker_concurrency=10, worker_pollers=1, batch_linger_ms=1000)
+    worker = worker_factory(
+        settings, run=False, worker_concurrency=10, worker_pollers=1, batch_linger_ms=1000
+    )
     wait_for(lambda: _queued(worker.sqs) == 30, what="all 30 messages queued")
     sizes: list[int] = []
     deletes: list[int] = []
@@ -122,9 +124,9 @@ def test_a_busy_worker_receives_and_deletes_full_batches(
 
 
 def test_an_idle_worker_starts_a_new_job_at_once_despite_a_long_linger(
-    api: Any, custom_workers: Any, db: Any, settings: Settings
+    api: Any, worker_factory: Any, db: Any, settings: Settings
 ) -> None:
-    custom_workers(settings, worker_concurrency=16, batch_linger_ms=1000).start()
+    worker_factory(settings, run=False, worker_concurrency=16, batch_linger_ms=1000).start()
     ids = [run_echo_job(api, db) for _ in range(3)]
     # Neither its receive nor its completion waits for a batch that is not coming.
     assert max(_delays(db, ids, "started_at - created_at")) < 0.5, _delays(db, ids)
@@ -132,7 +134,7 @@ def test_an_idle_worker_starts_a_new_job_at_once_despite_a_long_linger(
 
 
 def test_one_poller_receives_while_another_waits_for_its_claim(
-    api: Any, custom_workers: Any, db: Any, database_url: str, settings: Settings
+    api: Any, worker_factory: Any, db: Any, database_url: str, settings: Settings
 ) -> None:
     blocked = api.post("/jobs", json={"task": "echo"}).json()["id"]
     locker = psycopg2.connect(
@@ -141,7 +143,7 @@ def test_one_poller_receives_while_another_waits_for_its_claim(
     try:
         with locker.cursor() as cur:  # hold the job's row: its claim waits on the lock
             cur.execute("SELECT 1 FROM jobs WHERE id = %s FOR UPDATE", (blocked,))
-        custom_workers(settings, worker_concurrency=4, worker_pollers=2).start()
+        worker_factory(settings, run=False, worker_concurrency=4, worker_pollers=2).start()
 
         def claim_waiting() -> bool:
             with db.cursor() as cur:
