@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: dev test lint fmt install tools lock audit drills bench clean
+.PHONY: dev test lint fmt install tools lock audit drills bench clean pin-images
 
 $(BIN)/python:
 	@test -n "$(PYTHON)" || { echo "Python 3.11+ is required"; exit 1; }
@@ -63,8 +63,8 @@ dev: install
 # Lint and types first (seconds), then the suite.
 # pytest exits 5 when it collected nothing: that is a failure, not a pass.
 test: install
-	$(BIN)/ruff check app worker tests migrations
-	$(BIN)/mypy app worker
+	$(BIN)/ruff check app worker jobq tests migrations
+	$(BIN)/mypy app worker jobq
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: no tests were collected - failing"; fi; exit $$rc
 
@@ -87,15 +87,21 @@ drills: install
 	$(BIN)/python -m pytest tests/test_drills.py -m drill -q -s -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff check app worker tests migrations
-	$(BIN)/ruff format --check app worker tests migrations
-	$(BIN)/mypy app worker
+	$(BIN)/ruff check app worker jobq tests migrations
+	$(BIN)/ruff format --check app worker jobq tests migrations
+	$(BIN)/mypy app worker jobq
 
 # Known-vulnerability check of the locked set (dev.lock includes every runtime.lock pin).
 # Needs the vulnerability service: JOBQ_AUDIT=auto (CI) reports "AUDIT NOT RUN" and passes when
 # it cannot be reached; unset or JOBQ_AUDIT=required fails then. See scripts/audit.sh.
 audit: tools
 	JOBQ_TOOLS=$(TOOLS) bash scripts/audit.sh requirements/dev.lock
+
+# Refresh the base images' digests (NAME:TAG@sha256:...) in the Dockerfiles, compose and
+# infra/README.md; needs registry access and docker buildx, skopeo or crane. PIN_ARGS=--check
+# only reports (exit 1 when a pin is out of date).
+pin-images:
+	bash scripts/pin-images.sh $(PIN_ARGS)
 
 fmt: install
 	$(BIN)/ruff format app worker tests migrations

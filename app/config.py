@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.sqs_limits import MAX_DELAY_SECONDS, MAX_VISIBILITY_TIMEOUT, MAX_WAIT_SECONDS
+from app.sqs.limits import MAX_VISIBILITY_TIMEOUT, MAX_WAIT_SECONDS
+from app.tasks.retry import MAX_RETRY_DELAY_SECONDS, Exponential
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(text: str) -> tuple[IPNetwork, ...]:
+    """Networks from a comma-separated CIDR list (`127.0.0.0/8,10.0.0.0/8`); ValueError if bad."""
+    parts = (p.strip() for p in text.split(","))
+    return tuple(ipaddress.ip_network(p, strict=False) for p in parts if p)
 
 
 class Settings(BaseSettings):
@@ -32,7 +42,20 @@ class Settings(BaseSettings):
     api_url: str = "http://127.0.0.1:8000"
 
     # Jobs.
-    max_attempts: int = Field(3, ge=1, le=1000)
+    # Attempts (runs that may fail) per job, unless the task or the job says otherwise; a
+    # job's own max_attempts may not exceed the ceiling. Independent of the queue's
+    # maxReceiveCount, which only guards against jobs that crash their worker.
+    max_attempts: int = Field(10, ge=1, le=1000)
+    max_attempts_ceiling: int = Field(100, ge=1, le=1000)
+    # A job that took its worker down this many times (killed, OOM, hung past its lease) fails.
+    max_crashes: int = Field(3, ge=1, le=100)
+    # Times the DLQ consumer sends a job that never ran back to its queue before failing it.
+    max_redeliveries: int = Field(10, ge=0, le=1000)
+    # A job whose previous run was lost with its worker runs next alone in a child process, so
+    # a job that kills its process is told apart from the jobs that merely shared it.
+    isolate_crashed: bool = True
+    max_result_bytes: int = Field(1024 * 1024, ge=1024)  # a larger handler result fails
+    max_traceback_bytes: int = Field(16 * 1024, ge=256)  # stored per failed attempt
     max_payload_bytes: int = Field(256 * 1024, ge=1024)
     max_payload_depth: int = Field(32, ge=1, le=1000)
     task_modules: str = ""
@@ -54,11 +77,21 @@ class Settings(BaseSettings):
     sqs_wait_seconds: int = Field(MAX_WAIT_SECONDS, ge=0, le=MAX_WAIT_SECONDS)
     visibility_timeout_seconds: int = Field(30, ge=5, le=MAX_VISIBILITY_TIMEOUT)
     heartbeat_seconds: float | None = Field(None, gt=0)
-    backoff_base_seconds: float = Field(2.0, ge=0)
-    backoff_cap_seconds: float = Field(300.0, ge=0, le=MAX_VISIBILITY_TIMEOUT)
+    # The default retry schedule (a task may declare its own): base·2^(n-1) before the nth
+    # retry, capped, ±jitter. 10 attempts wait 1.1-1.9 h in all: they ride out an hour's outage.
+    backoff_base_seconds: float = Field(15.0, ge=0)
+    backoff_cap_seconds: float = Field(1800.0, ge=0, le=MAX_RETRY_DELAY_SECONDS)
+    backoff_jitter: float = Field(0.25, ge=0, le=1)
+    # A worker gives up a job it could not renew the lease of this long before the lease ends,
+    # and a new claim waits this long past the end: the two never overlap.
+    lease_margin_seconds: float = Field(5.0, ge=0, le=600)
     shutdown_grace_seconds: float = Field(25.0, ge=0, le=120)
     dlq_consumer: bool = True
     metrics_port: int = Field(9100, ge=0, le=65535)  # worker's /metrics; 0 turns it off
+    # CloudWatch: job metrics as Embedded Metric Format lines on stdout every N s (0: off).
+    emf_interval_seconds: float = Field(0.0, ge=0)
+    emf_namespace: str = "jobq"
+    emf_environment: str = "jobq"  # the Environment dimension (the stack's EnvironmentName)
 
     # API ingest: threads that commit concurrent POST /jobs rows together (one INSERT and one
     # COMMIT for all rows waiting), and the publisher's SendMessageBatch threads and linger.
@@ -71,7 +104,6 @@ class Settings(BaseSettings):
     dispatcher: bool = True
     dispatch_after_seconds: float = Field(5.0, ge=0)
     dispatch_interval_seconds: float = Field(1.0, gt=0)
-    max_delay_seconds: int = Field(MAX_DELAY_SECONDS, ge=0, le=MAX_DELAY_SECONDS)
 
     # Security.
     auth: str = "required"  # "disabled" turns API keys off (make dev does)
@@ -80,6 +112,39 @@ class Settings(BaseSettings):
     keys_reload_seconds: float = Field(10.0, gt=0)
     submit_rate: float = Field(1000.0, ge=0)  # POSTs per second per key (or client); 0 = off
     submit_burst: int = Field(2000, ge=1)
+    # Networks the `http` task may reach although they are not public (loopback, private,
+    # link-local...): comma-separated CIDRs, e.g. 10.0.0.0/8,127.0.0.1/32. Empty: public only.
+    http_allowed_networks: str = ""
+
+    # Timeouts of every call to a dependency (docs/operations-limits.md).
+    sqs_connect_timeout_seconds: float = Field(3.0, gt=0, le=60)
+    # The API's SQS calls (sends); the worker's long polls wait for sqs_wait_seconds more.
+    sqs_read_timeout_seconds: float = Field(10.0, gt=0, le=120)
+    db_connect_timeout_seconds: int = Field(5, ge=1, le=60)
+    # Longest SQL statement an API session may run (0: no limit); workers are not limited.
+    api_statement_timeout_ms: int = Field(15_000, ge=0)
+    # Readiness and queue depths come from a background probe of PostgreSQL and SQS, never
+    # from a request: how often it runs, and how long each of its calls may take.
+    probe_interval_seconds: float = Field(5.0, gt=0, le=300)
+    probe_timeout_seconds: float = Field(3.0, gt=0, le=60)
+
+    # Sizes of what the API returns: a job's result (GET /jobs/{id}; max_result_bytes above is
+    # what a worker stores at most), and any one of payload, result and error in a list
+    # (GET /jobs, the dashboard, /stats), beyond which it is replaced by a marker
+    # (docs/operations-limits.md).
+    list_field_max_bytes: int = Field(4096, ge=64)
+
+    # HTTP server (`jobq api`): whom to believe about the client's address (comma-separated
+    # IPs or networks of the load balancers; empty: nobody, X-Forwarded-For is ignored),
+    # and the limits that keep slow or idle clients from exhausting the process.
+    forwarded_allow_ips: str = ""
+    api_max_connections: int = Field(4096, ge=1)
+    api_header_timeout_seconds: float = Field(10.0, gt=0)
+    api_body_timeout_seconds: float = Field(60.0, gt=0)
+    # Longer than the ALB's idle timeout (60 s) so the ALB, not the API, closes idle
+    # connections (otherwise a request can race the close and get a 502).
+    api_keep_alive_seconds: float = Field(65.0, gt=0)
+    api_backlog: int = Field(2048, ge=1)
 
     # Logging.
     log_level: str = "INFO"
@@ -92,12 +157,33 @@ class Settings(BaseSettings):
             raise ValueError("must be 'required' or 'disabled'")
         return value
 
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _no_wildcard_proxy(cls, value: str) -> str:
+        # uvicorn's "*" takes the left-most X-Forwarded-For entry: the one the client wrote.
+        if "*" in value:
+            raise ValueError(
+                "must list the load balancers' addresses or networks (e.g. the VPC's CIDR), "
+                "not '*': with '*' the client chooses its own address"
+            )
+        return value
+
     @field_validator("log_format")
     @classmethod
     def _known_log_format(cls, value: str) -> str:
         if value not in ("json", "console"):
             raise ValueError("must be 'json' or 'console'")
         return value
+
+    @property
+    def default_backoff(self) -> Exponential:
+        """The retry schedule of tasks that declare none."""
+        return Exponential(self.backoff_base_seconds, self.backoff_cap_seconds, self.backoff_jitter)
+
+    @property
+    def effective_lease_margin(self) -> float:
+        """The lease margin, at most a quarter of the lease (so renewals still fit in it)."""
+        return min(self.lease_margin_seconds, self.visibility_timeout_seconds / 4)
 
     @property
     def effective_heartbeat_seconds(self) -> float:
@@ -129,6 +215,20 @@ class Settings(BaseSettings):
         if len(parts) != 3 or any(p < 0 for p in parts) or not any(parts):
             raise ValueError("must be three non-negative integers, e.g. 6,3,1")
         return value
+
+    @field_validator("http_allowed_networks")
+    @classmethod
+    def _cidr_list(cls, value: str) -> str:
+        try:
+            parse_networks(value)
+        except ValueError as exc:
+            raise ValueError(f"must be comma-separated CIDR networks: {exc}") from exc
+        return value
+
+    @property
+    def http_allowed_network_list(self) -> tuple[IPNetwork, ...]:
+        """The parsed JOBQ_HTTP_ALLOWED_NETWORKS."""
+        return parse_networks(self.http_allowed_networks)
 
     @property
     def task_module_list(self) -> list[str]:

@@ -43,8 +43,23 @@ def masked_url(url: str) -> str:
         return "<unparseable database url>"
 
 
-def make_engine(url: str, *, pool_size: int = 10) -> Engine:
-    """An engine with pre-ping so a restarted PostgreSQL costs one failed checkout, not a crash."""
+def make_engine(
+    url: str,
+    *,
+    pool_size: int = 10,
+    connect_timeout: int = 5,
+    statement_timeout_ms: int = 0,
+) -> Engine:
+    """An engine with pre-ping so a restarted PostgreSQL costs one failed checkout, not a crash.
+
+    Connecting gives up after `connect_timeout` seconds; TCP keepalives and tcp_user_timeout
+    notice a peer that vanished (a dead host, a dropped network) within about 30 s instead of
+    the kernel's two hours; `statement_timeout_ms` (the API's, not the worker's: its claims
+    and handlers' transactions may be long) bounds what one statement may take.
+    """
+    options = "-c timezone=UTC"
+    if statement_timeout_ms:
+        options += f" -c statement_timeout={int(statement_timeout_ms)}"
     return create_engine(
         normalize_url(url),
         pool_pre_ping=True,
@@ -53,9 +68,14 @@ def make_engine(url: str, *, pool_size: int = 10) -> Engine:
         pool_recycle=1800,
         # UTC sessions so every timestamp leaves the API as ISO 8601 UTC.
         connect_args={
-            "connect_timeout": 5,
+            "connect_timeout": connect_timeout,
             "application_name": "jobq",
-            "options": "-c timezone=UTC",
+            "options": options,
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+            "tcp_user_timeout": 30_000,
         },
     )
 

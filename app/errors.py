@@ -83,3 +83,19 @@ class PermanentError(TaskError):
 
 class TaskTimeout(RetryableError):
     """The handler ran past its timeout."""
+
+
+class Retry(RetryableError):
+    """A failure that asks for the next attempt in `in_seconds` instead of the backoff."""
+
+    def __init__(self, in_seconds: float | None = None, reason: str = "retry requested") -> None:
+        super().__init__(reason)
+        self.in_seconds = in_seconds
+
+
+class Snooze(TaskError):
+    """Not a failure: run this job again in `seconds`, without using an attempt."""
+
+    def __init__(self, seconds: float, reason: str = "snoozed") -> None:
+        super().__init__(reason)
+        self.seconds = seconds

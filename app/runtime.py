@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.config import Settings
 from app.db import make_engine, make_session_factory
 from app.errors import JobqError
-from app.queue import SqsQueue, make_sqs_client
+from app.sqs.queue import SqsQueue, make_sqs_client
 from app.tasks.registry import REGISTRY, Registry
 
 
@@ -30,11 +30,22 @@ class Runtime:
         self.engine.dispose()
 
 
-def build_runtime(settings: Settings, *, pool_size: int = 10, sqs_client: Any = None) -> Runtime:
+def build_runtime(
+    settings: Settings,
+    *,
+    pool_size: int = 10,
+    sqs_client: Any = None,
+    statement_timeout_ms: int = 0,
+) -> Runtime:
     """Connect-lazily versions of PostgreSQL and SQS, plus the loaded task registry."""
     if not settings.sqs_queue_url:
         raise JobqError("SQS_QUEUE_URL is not set", field="SQS_QUEUE_URL")
-    engine = make_engine(settings.database_url, pool_size=pool_size)
+    engine = make_engine(
+        settings.database_url,
+        pool_size=pool_size,
+        connect_timeout=settings.db_connect_timeout_seconds,
+        statement_timeout_ms=statement_timeout_ms,
+    )
     client = sqs_client or make_sqs_client(settings)
     REGISTRY.load_modules(settings.task_module_list)
     return Runtime(

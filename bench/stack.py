@@ -193,7 +193,7 @@ class Stack:
     # -- servers -------------------------------------------------------------------------
 
     def start_postgres(self) -> str:
-        from app.devstack import start_postgres
+        from app.cli.dev import start_postgres
 
         self.database_url, self.pg_handle = start_postgres(self.workdir / "pg")
         return self.database_url

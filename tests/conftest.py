@@ -14,15 +14,17 @@ import psycopg2
 import pytest
 from sqlalchemy.engine import make_url
 
+from app.cli.dev import SqsServer, start_postgres
 from app.config import Settings
-from app.devstack import SqsServer, start_postgres
 from app.migrate import upgrade
-from app.queue import ensure_queues, make_sqs_client
 from app.runtime import Runtime, build_runtime
+from app.sqs.queue import ensure_queues, make_sqs_client
 from tests.tasks import EXECUTIONS_DDL
 from worker.runner import Worker
 
 TEST_TASKS = "tests.tasks"
+# The queues' crash guard (SQS moves a message to the DLQ after this many receives).
+TEST_MAX_RECEIVE_COUNT = 4
 
 
 def _admin_connect(url: str) -> Any:
@@ -108,6 +110,7 @@ def make_settings(database_url: str, endpoint: str, **overrides: Any) -> Setting
         sqs_endpoint_url=endpoint,
         sqs_queue_url="placeholder",
         task_modules=TEST_TASKS,
+        max_attempts=3,
         sqs_wait_seconds=1,
         visibility_timeout_seconds=10,
         backoff_base_seconds=0.5,
@@ -125,7 +128,7 @@ def make_settings(database_url: str, endpoint: str, **overrides: Any) -> Setting
             make_sqs_client(settings),
             name,
             f"{name}-dlq",
-            max_receive_count=settings.max_attempts,
+            max_receive_count=TEST_MAX_RECEIVE_COUNT,
             visibility_timeout=settings.visibility_timeout_seconds,
         )
         settings = settings.model_copy(update={"sqs_queue_url": url, "sqs_dlq_url": dlq})
@@ -151,7 +154,7 @@ def api(settings: Settings) -> Iterator[Any]:
     """An HTTP client for the real app (lifespan runs: publisher and dispatcher threads)."""
     from fastapi.testclient import TestClient
 
-    from app.main import create_app
+    from app.api.app import create_app
 
     with TestClient(create_app(settings)) as client:
         yield client
@@ -186,24 +189,8 @@ def procs_dir(tmp_path: Any) -> Any:
 @pytest.fixture
 def live_api(settings: Settings) -> Iterator[str]:
     """The real app served by uvicorn on 127.0.0.1 (for clients that need a socket)."""
-    import socket
-    import threading
+    from app.api.app import create_app
+    from tests.helpers import serve
 
-    import uvicorn
-
-    from app.main import create_app
-    from tests.helpers import wait_for
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, log_config=None, lifespan="on"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for(lambda: server.started, what="uvicorn to start")
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(15)
+    with serve(create_app(settings)) as url:
+        yield url

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -40,6 +44,9 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
         SQS_ENDPOINT_URL=settings.sqs_endpoint_url or "",
         AWS_REGION=settings.aws_region,
         JOBQ_MAX_ATTEMPTS=str(settings.max_attempts),
+        JOBQ_MAX_CRASHES=str(settings.max_crashes),
+        JOBQ_LEASE_MARGIN_SECONDS=str(settings.lease_margin_seconds),
+        JOBQ_ISOLATE_CRASHED=str(settings.isolate_crashed).lower(),
         JOBQ_SQS_WAIT_SECONDS=str(settings.sqs_wait_seconds),
         JOBQ_VISIBILITY_TIMEOUT_SECONDS=str(settings.visibility_timeout_seconds),
         JOBQ_HEARTBEAT_SECONDS=str(settings.effective_heartbeat_seconds),
@@ -88,3 +95,80 @@ def run_echo_job(api: Any, db: Any, timeout: float = 30) -> str:
         what=f"job {job_id} to succeed within {timeout} s",
     )
     return job_id
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def serve_in_thread(app: Any) -> Iterator[Any]:
+    """`app` served by uvicorn on 127.0.0.1 in a thread of this process; yields the Server
+    (its URL is `server_url(server)`)."""
+    import uvicorn
+
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started, what="uvicorn to start")
+        yield server
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+@contextlib.contextmanager
+def serve(app: Any) -> Iterator[str]:
+    """`app` served by uvicorn on 127.0.0.1 in a thread of this process; yields its URL."""
+    with serve_in_thread(app) as server:
+        yield server_url(server)
+
+
+def server_url(server: Any) -> str:
+    """The http:// URL of a Server from serve_in_thread."""
+    return f"http://127.0.0.1:{server.config.port}"
+
+
+@contextlib.contextmanager
+def api_process(settings: Settings, log_path: Path, **extra: str) -> Iterator[tuple[str, Any]]:
+    """`jobq api` in its own process (its own process group) until the block ends; yields its
+    URL and the Popen, once /healthz answers."""
+    import httpx
+
+    port = free_port()
+    log = open(log_path, "ab")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "api"],
+        env=settings_env(settings, HOST="127.0.0.1", PORT=str(port), **extra),
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # cleanup reaches any process it starts
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        assert proc.poll() is None, Path(log_path).read_text()[-3000:]
+        try:
+            return httpx.get(url + "/healthz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(up, timeout=60, what="jobq api to answer")
+        yield url, proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()

@@ -178,8 +178,8 @@ def test_unknown_route_is_json_404(api: Any) -> None:
 def test_unreachable_dependencies_give_503_not_500(settings: Any) -> None:
     from fastapi.testclient import TestClient
 
-    from app.devstack import SqsServer
-    from app.main import create_app
+    from app.api.app import create_app
+    from app.cli.dev import SqsServer
 
     dead_port = SqsServer().start()
     dead_port.stop()  # a port nothing listens on any more

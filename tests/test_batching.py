@@ -9,7 +9,7 @@ from typing import Any
 from app.jobs import transitions
 from app.jobs.states import JobStatus
 from app.jobs.transitions import Finish
-from app.queue import Outgoing
+from app.sqs.queue import Outgoing
 from tests.helpers import wait_for
 
 
@@ -64,18 +64,18 @@ def test_claim_many_claims_each_job_once_and_skips_the_unclaimable(
     ids = [uuid.UUID(api.post("/jobs", json={"task": "echo"}).json()["id"]) for _ in range(4)]
     done, *rest = ids
     with runtime.sessions.begin() as s:
-        first = transitions.claim_many(s, [done], "w-a", 30, cap=10)
+        first = transitions.claim_many(s, [done], "w-a", 30)
         transitions.finish_many(
-            s, "w-a", [Finish(first[done], JobStatus.SUCCEEDED, "succeeded", {"ok": True})]
+            s, "w-a", [Finish(first[done], JobStatus.SUCCEEDED, "succeeded", '{"ok": true}')]
         )
     unknown = uuid.uuid4()
     with runtime.sessions.begin() as s:
         # A duplicate id, a finished job and an unknown id in one receive.
-        claimed = transitions.claim_many(s, [*rest, rest[0], done, unknown], "w-b", 30, cap=10)
+        claimed = transitions.claim_many(s, [*rest, rest[0], done, unknown], "w-b", 30)
     assert set(claimed) == set(rest)
     assert all(c.attempt == 1 and not c.lost_previous for c in claimed.values())
     with runtime.sessions.begin() as s:
-        again = transitions.claim_many(s, rest, "w-c", 30, cap=10)
+        again = transitions.claim_many(s, rest, "w-c", 30)
     assert again == {}  # held under a live lease by w-b
     with runtime.sessions.begin() as s:
         # w-c's outcome for w-b's attempt must not be written.
@@ -89,7 +89,7 @@ def test_claim_many_claims_each_job_once_and_skips_the_unclaimable(
 def _held_by_a_dead_worker(runtime: Any, db: Any, job_id: uuid.UUID) -> None:
     """Claim the job for a worker that then died: running, with its lease already expired."""
     with runtime.sessions.begin() as s:
-        transitions.claim_many(s, [job_id], "dead-worker", 30, cap=10)
+        transitions.claim_many(s, [job_id], "dead-worker", 30)
     with db.cursor() as cur:
         cur.execute(
             "UPDATE jobs SET lease_expires_at = now() - interval '1 s' WHERE id = %s",
@@ -103,7 +103,7 @@ def test_claim_many_records_the_lost_attempt_of_an_expired_lease(
     job_id = uuid.UUID(api.post("/jobs", json={"task": "echo"}).json()["id"])
     _held_by_a_dead_worker(runtime, db, job_id)
     with runtime.sessions.begin() as s:
-        claimed = transitions.claim_many(s, [job_id], "w-new", 30, cap=10)
+        claimed = transitions.claim_many(s, [job_id], "w-new", 30)
     assert claimed[job_id].attempt == 2 and claimed[job_id].lost_previous
     attempts = api.get(f"/jobs/{job_id}/attempts").json()
     assert [(a["attempt"], a["outcome"], a["worker_id"]) for a in attempts] == [
@@ -153,7 +153,7 @@ def test_worker_never_holds_more_messages_than_its_slots(
 def test_take_batch_drains_what_is_waiting_up_to_the_limit_and_honours_the_sentinel() -> None:
     import queue
 
-    from app.batching import take_batch
+    from app.loops import take_batch
 
     q: queue.SimpleQueue[int | None] = queue.SimpleQueue()
     for i in range(5):
@@ -173,13 +173,14 @@ def test_take_batch_drains_what_is_waiting_up_to_the_limit_and_honours_the_senti
 def test_delivery_that_missed_an_expiring_lease_comes_back_instead_of_being_deleted(
     api: Any, runtime: Any, db: Any
 ) -> None:
+    from worker.inflight import Entry
     from worker.runner import Worker
 
     job_id = uuid.UUID(api.post("/jobs", json={"task": "echo"}).json()["id"])
     message = wait_for(lambda: next(iter(runtime.sqs.receive(1, 1)), None), what="the message")
     # The lease expired after this worker's claim failed and before it looked at the job.
     _held_by_a_dead_worker(runtime, db, job_id)
-    Worker(runtime)._unclaimed(message, job_id)
+    Worker(runtime).dispatch._unclaimed(Entry(message))
     again = wait_for(
         lambda: next(iter(runtime.sqs.receive(1, 1)), None), timeout=15, what="redelivery"
     )
@@ -228,7 +229,7 @@ def test_claim_finish_and_heartbeat_find_jobs_by_primary_key_on_stale_statistics
     statements = {
         "claim": (
             transitions._CLAIM,
-            {"ids": ids, "worker": "w", "lease": 30, "cap": 10},
+            {"ids": ids, "worker": "w", "lease": 30, "margin": 0, "max_crashes": 3},
         ),
         "finish": (
             transitions._FINISH,
@@ -237,9 +238,13 @@ def test_claim_finish_and_heartbeat_find_jobs_by_primary_key_on_stale_statistics
                 "statuses": ["succeeded"] * 10,
                 "results": [None] * 10,
                 "errors": [None] * 10,
+                "tracebacks": [None] * 10,
                 "attempts": [1] * 10,
                 "outcomes": ["succeeded"] * 10,
                 "started": [now] * 10,
+                "counts": [0] * 10,
+                "delays": [0.0] * 10,
+                "dead": [False] * 10,
                 "worker": "w",
             },
         ),

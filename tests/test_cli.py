@@ -49,6 +49,8 @@ def test_failed_wait_exits_1_and_errors_are_readable(
     assert unknown.returncode == 1 and "422 invalid_input" in unknown.stderr
     bad_json = _jobq(settings, live_api, "submit", "echo", "--payload", "{oops")
     assert bad_json.returncode == 1 and "--payload is not JSON" in bad_json.stderr
+    not_object = _jobq(settings, live_api, "submit", "echo", "--payload", "[1]")
+    assert not_object.returncode == 1 and "--payload must be a JSON object" in not_object.stderr
     missing = _jobq(settings, live_api, "status", "00000000-0000-0000-0000-000000000000")
     assert missing.returncode == 1 and "404" in missing.stderr
     down = _jobq(settings, "http://127.0.0.1:9", "stats")
@@ -58,7 +60,7 @@ def test_failed_wait_exits_1_and_errors_are_readable(
 def test_api_workers_flag_rejects_bad_counts(capsys: Any) -> None:
     import pytest
 
-    from app.cli import build_parser
+    from app.cli.main import build_parser
 
     parser = build_parser()
     assert parser.parse_args(["api", "--workers", "3"]).workers == 3

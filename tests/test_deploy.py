@@ -7,7 +7,7 @@ infra/elasticmq.conf) and the CloudFormation template infra/jobq.yaml:
 * checkov passes on the template and the Dockerfiles, and every suppression carries a reason;
 * the compose file validates against the Compose Specification schema;
 * every `jobq <subcommand>` that compose, the Dockerfiles or the template run is a real subcommand
-  (a fixed list here, and `app.cli.build_parser()`);
+  (a fixed list here, and `app.cli.main.build_parser()`);
 * the Dockerfiles are multi-stage, slim, non-root, exec-form, and the API one has a HEALTHCHECK;
 * the SQS part of the template, deployed into moto's CloudFormation, yields queues whose
   RedrivePolicy points at the DLQ with the maxReceiveCount passed as a parameter.
@@ -39,8 +39,8 @@ COMPOSE = ROOT / "docker-compose.yml"
 ELASTICMQ_CONF = ROOT / "infra" / "elasticmq.conf"
 DOCKERFILES = {"api": ROOT / "Dockerfile.api", "worker": ROOT / "Dockerfile.worker"}
 
-# The console script's subcommands that deployment files may run. Kept in step with app/cli.py by
-# test_deployed_subcommands_exist_in_build_parser.
+# The console script's subcommands that deployment files may run. Kept in step with
+# app/cli/main.py by test_deployed_subcommands_exist_in_build_parser.
 KNOWN_SUBCOMMANDS = {"api", "worker", "migrate", "dispatcher", "dlq-consumer", "dev", "keys"}
 
 MAIN_QUEUES = ("HighQueue", "DefaultQueue", "LowQueue")
@@ -446,16 +446,16 @@ def _parser_subcommands(parser: argparse.ArgumentParser) -> set[str]:
 
 def test_deployed_subcommands_exist_in_build_parser() -> None:
     try:
-        cli = importlib.import_module("app.cli")
+        cli = importlib.import_module("app.cli.main")
     except ImportError as exc:
         pytest.fail(f"app.cli must be importable to check the deployed commands: {exc!r}")
     build_parser = getattr(cli, "build_parser", None)
-    assert callable(build_parser), "app.cli.build_parser() must return the argparse parser"
+    assert callable(build_parser), "app.cli.main.build_parser() must return the argparse parser"
     real = _parser_subcommands(build_parser())
     assert real, "build_parser() has no subcommands"
     used = deployed_subcommands()
     missing = {sub: sorted(where) for sub, where in used.items() if sub not in real}
-    assert not missing, f"deployment files run subcommands app.cli does not have: {missing}"
+    assert not missing, f"deployment files run subcommands app.cli.main does not have: {missing}"
     assert real >= KNOWN_SUBCOMMANDS, (
         f"KNOWN_SUBCOMMANDS drifted from app.cli: {KNOWN_SUBCOMMANDS - real}"
     )
@@ -464,7 +464,7 @@ def test_deployed_subcommands_exist_in_build_parser() -> None:
 def test_pyproject_packages_what_the_images_run() -> None:
     """The images install the project with `pip install .`: `jobq` and the migrations must ship."""
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
-    assert pyproject["project"]["scripts"]["jobq"].startswith("app.cli:")
+    assert pyproject["project"]["scripts"]["jobq"] == "app.cli.main:main"
     setuptools_cfg = pyproject.get("tool", {}).get("setuptools", {})
     packages = setuptools_cfg.get("packages")
     if isinstance(packages, list):
@@ -489,12 +489,14 @@ def test_dockerfile_is_multistage_slim_nonroot_exec_form(kind: str) -> None:
     all_stages = stages(parse_dockerfile(path))
     assert len(all_stages) >= 2, f"{path.name} must be multi-stage"
     for stage in all_stages:
-        image = stage[0][1].split()[0]
+        image, _, digest = stage[0][1].split()[0].partition("@")
         if image.startswith("python:"):
             assert image.split(":", 1)[1].endswith("-slim") or "-slim-" in image, image
-    assert all_stages[0][0][1].split()[0] == "python:3.11-slim"
+        # Pinned by digest (scripts/pin-images.sh refreshes it), the tag kept for readers.
+        assert re.fullmatch(r"sha256:[0-9a-f]{64}", digest), f"{path.name}: {image} not pinned"
+    assert all_stages[0][0][1].split()[0].split("@")[0] == "python:3.11-slim"
     final = all_stages[-1]
-    assert final[0][1].split()[0] == "python:3.11-slim"
+    assert final[0][1].split()[0].split("@")[0] == "python:3.11-slim"
 
     users = [args for keyword, args in final if keyword == "USER"]
     assert users, f"{path.name}: final stage must switch to a non-root USER"

@@ -23,8 +23,8 @@ import psycopg2
 import pytest
 from fastapi.testclient import TestClient
 
-from app.devstack import SqsServer, start_postgres
-from app.main import create_app
+from app.api.app import create_app
+from app.cli.dev import SqsServer, start_postgres
 from app.migrate import upgrade
 from tests.conftest import create_database, make_settings
 from tests.helpers import start_worker_process, wait_for
@@ -134,7 +134,7 @@ def workers(tmp_path: Path) -> Any:
 def test_drill_sigkill_workers_repeatedly(
     database_url: str, sqs_endpoint: str, db: Any, workers: Any
 ) -> None:
-    # A kill costs every job the victim holds one attempt: 4 slots and 10 attempts keep
+    # A kill costs every job the victim holds one crash: 4 slots and 10 crashes keep
     # "killed on every try" (which correctly ends failed) out of a drill about loss.
     settings = make_settings(
         database_url,
@@ -142,7 +142,7 @@ def test_drill_sigkill_workers_repeatedly(
         visibility_timeout_seconds=5,
         heartbeat_seconds=1.0,
         worker_concurrency=4,
-        max_attempts=10,
+        max_crashes=10,
     )
     live = [workers(settings) for _ in range(3)]
     started = time.monotonic()

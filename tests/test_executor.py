@@ -6,10 +6,10 @@ import threading
 import uuid
 from typing import Any
 
-from app.observability.context import trace_id_var
+from app.observability.trace import trace_id_var
 from app.tasks.registry import JobContext, Registry
 from tests.helpers import wait_for
-from worker.executor import Executor
+from worker.executor import Executor, Limits
 
 
 def _ctx(task: str) -> JobContext:
@@ -41,11 +41,11 @@ def _registry() -> tuple[Registry, dict[str, Any]]:
 
 def test_handlers_reuse_threads_instead_of_starting_one_per_job() -> None:
     registry, seen = _registry()
-    executor = Executor(registry, 5.0, max_idle=4)
+    executor = Executor(registry, Limits(5.0), max_idle=4)
     threads_before = threading.active_count()
     trace_id_var.set("trace-1")
     outcomes = [executor.run(_ctx("where"), {"n": i}, None) for i in range(50)]
-    assert [o.result for o in outcomes] == list(range(50))
+    assert [o.result for o in outcomes] == [str(n) for n in range(50)]  # JSON text
     assert len(seen["threads"]) <= 2, seen["threads"]  # one runner, reused (two at most: races)
     assert threading.active_count() - threads_before <= 2
     assert seen["trace"] == ["trace-1"] * 50  # each call ran in a copy of the caller's context
@@ -55,14 +55,14 @@ def test_handlers_reuse_threads_instead_of_starting_one_per_job() -> None:
 
 def test_a_handler_past_its_timeout_keeps_its_runner_and_others_get_a_new_one() -> None:
     registry, seen = _registry()
-    executor = Executor(registry, 5.0, max_idle=4)
+    executor = Executor(registry, Limits(5.0), max_idle=4)
     ctx = _ctx("stuck")
     timed_out = executor.run(ctx, {}, None)
     assert timed_out.failure is not None and timed_out.failure.retryable
     assert "timed out after 0.2 s" in timed_out.failure.message
     assert ctx.cancelled.is_set()
     # The stuck handler still occupies its runner: the next job runs elsewhere.
-    assert executor.run(_ctx("where"), {"n": 7}, None).result == 7
+    assert executor.run(_ctx("where"), {"n": 7}, None).result == "7"
     assert seen["stuck_thread"] not in seen["threads"]
     seen["release"].set()
     # Once the stuck handler returns, its runner is idle again and gets reused.
@@ -74,7 +74,7 @@ def test_a_handler_past_its_timeout_keeps_its_runner_and_others_get_a_new_one() 
 
 def test_surplus_idle_runners_end() -> None:
     registry, _ = _registry()
-    executor = Executor(registry, 5.0, max_idle=1)
+    executor = Executor(registry, Limits(5.0), max_idle=1)
     barrier = threading.Barrier(3)
     runners: list[threading.Thread] = []
 

@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from app.main import create_app
-from app.publisher import Dispatcher
+from app.api.app import create_app
 from tests.conftest import make_settings
 from tests.helpers import wait_for
 from worker.consumer import weighted_order
@@ -124,7 +123,7 @@ def test_long_delay_waits_in_postgres_then_runs_when_due(
         ({"delay_seconds": 5, "run_at": "2030-01-01T00:00:00Z"}, "run_at"),
         ({"priority": "urgent"}, "priority"),
         ({"max_attempts": 0}, "max_attempts"),
-        ({"max_attempts": 99}, "max_attempts"),
+        ({"max_attempts": 101}, "max_attempts"),
         ({"timeout_seconds": 0}, "timeout_seconds"),
     ],
 )
@@ -339,10 +338,9 @@ def test_retention_prunes_old_finished_jobs_only(db: Any, runtime: Any) -> None:
                (gen_random_uuid(), 'echo', 'failed', 3, now() - interval '2 days'),
                (gen_random_uuid(), 'echo', 'queued', 3, NULL)"""
         )
-    dispatcher = Dispatcher(
-        runtime.sqs, runtime.sessions, after_seconds=60, interval_seconds=1, retention_days=14
-    )
-    assert dispatcher.prune() == 2
+    from app.maintenance.retention import Retention
+
+    assert Retention(runtime.sessions, retention_days=14).prune() == 2
     assert _one(db, "SELECT count(*) FROM jobs") == 2
     assert _one(db, "SELECT count(*) FROM jobs WHERE status = 'failed'") == 1
 

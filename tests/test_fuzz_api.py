@@ -16,8 +16,8 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
+from app.api.app import create_app
 from app.config import Settings
-from app.main import create_app
 
 EXAMPLES_PER_OPERATION = 40
 # What the API promises: never a 5xx, and every response (status, content type, headers, body)

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from app.errors import DatabaseUnavailable, JobqError
-from app.jobs.group_commit import GroupCommit
-from app.publisher import Publisher
-from app.queue import Outgoing
+from app.outbox.group_commit import GroupCommit
+from app.outbox.publisher import Publisher
+from app.sqs.queue import Outgoing
 from tests.helpers import wait_for
 
 # -- GroupCommit, on its own ------------------------------------------------------------------
@@ -134,7 +134,7 @@ def test_answer_is_the_stored_job(api: Any) -> None:
 
 def _count_route_calls(monkeypatch: Any) -> list[int]:
     """Count answers built by the FastAPI route for POST /jobs (the fast path builds its own)."""
-    from app.jobs import routes
+    from app.api.routes import jobs as routes
 
     calls: list[int] = []
     real = routes._json
@@ -202,7 +202,7 @@ def test_fast_path_errors_are_the_full_routes(api: Any, raw: bytes) -> None:
 
 
 def test_fast_path_eligibility() -> None:
-    from app.jobs.fast_submit import eligible
+    from app.api.routes.fast_submit import eligible
 
     def scope(method: str = "POST", path: str = "/jobs", **headers: str) -> dict[str, Any]:
         raw = [(k.replace("_", "-").encode(), v.encode()) for k, v in headers.items()]
@@ -263,7 +263,7 @@ def test_submit_log_line_carries_the_request_trace_id(settings: Any, capsys: Any
 
     from fastapi.testclient import TestClient
 
-    from app.main import create_app
+    from app.api.app import create_app
 
     trace = "4bf92f3577b34da6a3ce929d0e0e4736"
     with TestClient(create_app(settings.model_copy(update={"log_format": "json"}))) as client:
@@ -293,8 +293,8 @@ class FakeSqs:
     def url_for(self, priority: str) -> str:
         return f"queue-{priority}"
 
-    def send_batch(self, items: list[Outgoing]) -> list[uuid.UUID]:
-        assert len(items) <= 10 and len({self.url_for(i.priority) for i in items}) == 1
+    def send_call(self, url: str, items: list[Outgoing]) -> list[uuid.UUID]:
+        assert len(items) <= 10 and {self.url_for(i.priority) for i in items} == {url}
         with self.lock:
             self.concurrent += 1
             self.max_concurrent = max(self.max_concurrent, self.concurrent)
@@ -364,7 +364,7 @@ def test_publisher_sends_a_burst_in_parallel_and_confirms_in_few_updates() -> No
 
 def test_publisher_failures_leave_rows_to_the_dispatcher(caplog: Any) -> None:
     class DownSqs(FakeSqs):
-        def send_batch(self, items: list[Outgoing]) -> list[uuid.UUID]:
+        def send_call(self, url: str, items: list[Outgoing]) -> list[uuid.UUID]:
             with self.lock:
                 self.calls.append([i.job_id for i in items])
             raise JobqError("queue unavailable")
@@ -387,7 +387,7 @@ def test_publisher_failures_leave_rows_to_the_dispatcher(caplog: Any) -> None:
 def test_dispatcher_leaves_overdue_rows_to_a_lagging_publisher(
     db: Any, settings: Any, runtime: Any
 ) -> None:
-    from app.publisher import Dispatcher
+    from app.outbox.dispatcher import Dispatcher
 
     with db.cursor() as cur:
         cur.execute(

@@ -121,12 +121,12 @@ def test_opentelemetry_spans_follow_the_job_across_sqs(api: Any, worker_factory:
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    from app.observability import tracing
+    from app.observability import otel
 
     exporter = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    assert tracing.configure(provider)
+    assert otel.configure(provider)
     try:
         worker_factory()
         trace = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -147,4 +147,4 @@ def test_opentelemetry_spans_follow_the_job_across_sqs(api: Any, worker_factory:
             assert format(spans[name].context.trace_id, "032x") == trace, name
         assert spans["jobq.execute"].attributes["jobq.job_id"] == job["id"]
     finally:
-        tracing.disable()
+        otel.disable()

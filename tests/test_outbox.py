@@ -6,9 +6,9 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from app.devstack import SqsServer
-from app.main import create_app
-from app.publisher import Dispatcher
+from app.api.app import create_app
+from app.cli.dev import SqsServer
+from app.outbox.dispatcher import Dispatcher
 from tests.conftest import make_settings
 from tests.helpers import wait_for
 

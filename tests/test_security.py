@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from app.api.app import create_app
 from app.errors import JobqError
-from app.main import create_app
 from tests.helpers import ROOT, settings_env, wait_for
 
 SUBMIT_KEY = "submit-key-0123456789abcdef"

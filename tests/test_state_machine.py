@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 from sqlalchemy import text
 
-from app.jobs import commands, store, transitions
+from app.jobs import queries, transitions
 from app.jobs.states import FINAL, JobStatus, can_transition
 from app.jobs.transitions import Claimed
 
@@ -29,7 +29,7 @@ class JobLifecycle(RuleBasedStateMachine):
         self.claims: dict[str, Claimed] = {}
         self.latest: tuple[str, Claimed] | None = None
         with self.sessions.begin() as s:
-            store.insert_jobs(s, [{"id": self.job_id, "task": "echo", "max_attempts": 3}])
+            queries.insert_jobs(s, [{"id": self.job_id, "task": "echo", "max_attempts": 3}])
         self.status = JobStatus.QUEUED
 
     def _apply(self, action: Any) -> None:
@@ -43,7 +43,7 @@ class JobLifecycle(RuleBasedStateMachine):
     @rule(worker=st.sampled_from(WORKERS))
     def claim(self, worker: str) -> None:
         def act(s: Any) -> None:
-            got = transitions.claim(s, self.job_id, worker, 30, cap=3)
+            got = transitions.claim(s, self.job_id, worker, 30)
             if got is not None:
                 self.claims[worker] = got
                 self.latest = (worker, got)
@@ -80,19 +80,19 @@ class JobLifecycle(RuleBasedStateMachine):
 
     @rule()
     def cancel(self) -> None:
-        self._apply(lambda s: commands.cancel(s, self.job_id))
+        self._apply(lambda s: transitions.cancel(s, self.job_id))
 
     @rule()
     def retry(self) -> None:
-        self._apply(lambda s: commands.requeue(s, ids=[self.job_id]))
+        self._apply(lambda s: transitions.requeue(s, ids=[self.job_id]))
 
     @rule()
     def dead_letter(self) -> None:
-        self._apply(lambda s: transitions.fail_exhausted(s, self.job_id, "dlq", dead_letter=True))
+        self._apply(lambda s: transitions.fail_dead_lettered(s, self.job_id, "dlq"))
 
     @rule()
     def promote_if_scheduled(self) -> None:
-        self._apply(lambda s: store.mark_scheduled_queued(s, [self.job_id]))
+        self._apply(lambda s: transitions.scheduled_to_queued(s, [self.job_id]))
 
     @invariant()
     def row_is_consistent(self) -> None:

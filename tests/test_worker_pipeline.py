@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from app.config import Settings
-from app.queue import Message
+from app.sqs.queue import Message
 from tests.helpers import job_statuses, run_echo_job, wait_for
 from worker.inflight import InFlight
 

@@ -1,9 +1,10 @@
-"""Completer: record outcomes with one guarded update per batch, then delete or re-time messages.
+"""Completer: record outcomes with one guarded update per batch, then act on the messages.
 
 Jobs that finish close together are completed together: one statement and one commit for
-the batch, then one DeleteMessageBatch / ChangeMessageVisibilityBatch per 10 messages. The
-database is always written first, so a crash in between only causes a redelivery of a
-finished job, which the next claim recognises as a duplicate.
+the batch, then the fresh (delayed) messages of jobs that run again, then one
+DeleteMessageBatch per 10 messages. The database is always written first, so a crash in
+between only causes a redelivery of a finished job, which the next claim recognises as a
+duplicate, or a retry the dispatcher sends.
 """
 
 from __future__ import annotations
@@ -18,16 +19,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from app.batching import take_batch
 from app.db import HeldConnections
 from app.errors import DatabaseUnavailable, JobqError
-from app.jobs import transitions
+from app.jobs import queries, transitions
 from app.jobs.states import JobStatus
 from app.jobs.transitions import Claimed, Finish
-from app.queue import Message, SqsQueue
-from app.sqs_limits import MAX_BATCH
+from app.loops import BackgroundLoop, Backoff, take_batch
+from app.sqs.limits import MAX_BATCH, MAX_DELAY_SECONDS
+from app.sqs.queue import Message, Outgoing, SqsQueue
+from app.tasks.retry import Backoff as RetrySchedule
+from worker import policy
+from worker.encode import describe, safe_text
 from worker.executor import Outcome
-from worker.retry import backoff_seconds, is_final_attempt
 
 log = logging.getLogger("jobq.completer")
 T = TypeVar("T")
@@ -35,18 +38,15 @@ T = TypeVar("T")
 # Completions written per transaction at most (bounds the statement and the SQS fan-out).
 MAX_COMPLETION_BATCH = 100
 
-DELETE_AFTER = (JobStatus.SUCCEEDED, JobStatus.CANCELLED)
-
 
 @dataclass(frozen=True)
 class Completion:
-    """One finished attempt waiting to be recorded."""
+    """One finished run waiting to be recorded."""
 
     message: Message
     job: Claimed
     outcome: Outcome
     max_attempts: int
-    release: bool = False  # make a retry visible at once (shutdown) instead of backing off
 
 
 # Called once per completion with the status written ("" if the job was no longer ours,
@@ -54,7 +54,7 @@ class Completion:
 OnDone = Callable[[Completion, str | None], None]
 
 
-class Completer:
+class Completer(BackgroundLoop):
     """Turns Outcomes into job state and SQS actions, in that order, a batch at a time."""
 
     def __init__(
@@ -63,28 +63,30 @@ class Completer:
         sqs: SqsQueue,
         worker_id: str,
         *,
-        backoff_base: float,
-        backoff_cap: float,
+        backoff_for: Callable[[str], RetrySchedule],
         db_retry_seconds: float = 60.0,
         jitter: Callable[[], float] = random.random,
         on_done: OnDone | None = None,
         linger: float = 0.0,
         fill: int = MAX_BATCH,
         others_running: Callable[[int], bool] | None = None,
+        stopping: threading.Event | None = None,
     ) -> None:
+        super().__init__("jobq-completer")
         self._db = db
         self._sqs = sqs
         self._worker_id = worker_id
-        self._base = backoff_base
-        self._cap = backoff_cap
+        self._backoff_for = backoff_for
         self._db_retry_seconds = db_retry_seconds
         self._jitter = jitter
         self._on_done = on_done
         self._linger = linger
         self._fill = fill
         self._others_running = others_running
+        # While PostgreSQL is down, writes are retried until it is back unless the worker is
+        # shutting down (then for db_retry_seconds at most): an outage costs no run.
+        self._worker_stopping = stopping
         self._queue: queue.SimpleQueue[Completion | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
 
     # -- asynchronous use (the worker) -------------------------------------------------------
 
@@ -92,19 +94,12 @@ class Completer:
         """Queue a completion for the completer thread."""
         self._queue.put(completion)
 
-    def start(self) -> None:
-        """Complete queued outcomes in a thread."""
-        self._thread = threading.Thread(target=self._run, name="jobq-completer", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Finish what is queued, then stop."""
-        if self._thread is None:
-            return
+    def wake(self) -> None:
+        """The stop sentinel goes after every queued completion: they are all written first."""
         self._queue.put(None)
-        self._thread.join(timeout)
 
-    def _run(self) -> None:
+    def run(self) -> None:
+        """Complete batches until the stop sentinel."""
         while True:
             # Whatever finished during the previous write: under load, that is the batch.
             batch, stop = take_batch(self._queue, MAX_COMPLETION_BATCH)
@@ -161,18 +156,9 @@ class Completer:
 
     def complete_all(self, batch: list[Completion]) -> list[str]:
         """Record a batch of outcomes in one transaction, then act on their messages."""
-        finishes = [self._decide(c) for c in batch]
-
-        def write() -> dict[uuid.UUID, JobStatus]:
-            # A retry of a finish that did commit writes nothing (the rows are no longer
-            # 'running'): the outcome counts as lost, its message is redelivered and then
-            # deleted as a duplicate of a finished job. Nothing is lost either way.
-            return self._db.run(
-                lambda conn: transitions.finish_many(conn, self._worker_id, finishes)
-            )
-
-        written = self._with_db_retries(write)
-        self._after_commit(batch, written)
+        decided = [self._decide(c) for c in batch]
+        written = self._with_db_retries(lambda: self._write([f for f, _ in decided]))
+        self._after_commit(batch, [r for _, r in decided], written)
         statuses: list[str] = []
         for c in batch:
             status = written.get(c.job.job_id)
@@ -185,60 +171,108 @@ class Completer:
             statuses.append("" if status is None else status.value)
         return statuses
 
-    def _decide(self, c: Completion) -> Finish:
-        if c.outcome.ok:
-            return Finish(c.job, JobStatus.SUCCEEDED, "succeeded", c.outcome.result)
+    def _write(self, finishes: list[Finish]) -> dict[uuid.UUID, JobStatus]:
+        """One statement for the batch; if PostgreSQL refuses it, row by row, so one odd
+        outcome cannot drop its batch-mates' (it is stored as a failure saying why)."""
+        # A retry of a finish that did commit writes nothing (the rows are no longer
+        # 'running'): the outcome counts as lost, its message is redelivered and then deleted
+        # as a duplicate of a finished job. Nothing is lost either way.
+        try:
+            return self._finish(finishes)
+        except DatabaseUnavailable:
+            raise
+        except Exception as exc:  # noqa: BLE001 - e.g. a value PostgreSQL refuses (DataError)
+            if len(finishes) > 1:
+                log.warning(
+                    "a batch of %d outcomes was refused; writing them one by one: %s",
+                    len(finishes),
+                    exc,
+                )
+                written: dict[uuid.UUID, JobStatus] = {}
+                for finish in finishes:
+                    try:
+                        written.update(self._write([finish]))
+                    except DatabaseUnavailable:
+                        raise
+                    except Exception:  # noqa: BLE001 - its message is redelivered
+                        log.exception(
+                            "could not record an outcome even as a failure",
+                            extra={"job_id": str(finish.claimed.job_id)},
+                        )
+                return written
+            return self._finish([_unstorable(finishes[0], exc)])
+
+    def _finish(self, finishes: list[Finish]) -> dict[uuid.UUID, JobStatus]:
+        return self._db.run(lambda conn: transitions.finish_many(conn, self._worker_id, finishes))
+
+    def _decide(self, c: Completion) -> tuple[Finish, policy.Recorded]:
         failure = c.outcome.failure
-        assert failure is not None
-        if failure.retryable and not is_final_attempt(c.job.attempt, c.max_attempts):
-            return Finish(c.job, JobStatus.RETRYING, failure.outcome, None, failure.message)
-        return Finish(c.job, JobStatus.FAILED, failure.outcome, None, failure.message)
+        recorded = policy.finished_attempt(
+            failure,
+            failures=c.job.failures,
+            max_attempts=c.max_attempts,
+            backoff=self._backoff_for(c.job.task),
+            rnd=self._jitter(),
+        )
+        finish = Finish(
+            c.job,
+            recorded.status,
+            recorded.outcome,
+            result=c.outcome.result if failure is None else None,
+            error=failure.message if failure is not None else None,
+            traceback=failure.traceback if failure is not None else None,
+            counts=recorded.counts,
+            delay=recorded.delay,
+            dead_letter=recorded.dead_letter,
+        )
+        return finish, recorded
 
     def _after_commit(
         self,
         batch: list[Completion],
+        recorded: list[policy.Recorded],
         written: dict[uuid.UUID, JobStatus],
     ) -> None:
         deletes: list[Message] = []
-        visibility: list[tuple[Message, float]] = []
-        for c in batch:
+        resend: list[Outgoing] = []
+        for c, how in zip(batch, recorded, strict=True):
             status = written.get(c.job.job_id)
             if status is None:
                 continue
-            retryable = c.outcome.failure is None or c.outcome.failure.retryable
-            if status in DELETE_AFTER or (status == JobStatus.FAILED and not retryable):
-                deletes.append(c.message)
-            elif status == JobStatus.RETRYING:
-                visibility.append((c.message, self._retry_delay(c)))
-            else:
-                # Exhausted: leave the message and make it visible, so the queue's redrive
-                # policy moves it to the dead-letter queue on its next receive.
-                visibility.append((c.message, 0))
+            decision = policy.after_finish(
+                how if status == how.status else policy.Recorded(status, "")
+            )
+            if decision.resend is not None:
+                delay = int(min(MAX_DELAY_SECONDS, decision.resend + 0.999))
+                resend.append(Outgoing(c.job.job_id, c.job.trace_id, delay, c.job.priority))
+            deletes.append(c.message)
         # The job states are committed: if an SQS call fails, the message reappears later
-        # and is handled as a duplicate of a finished (or retrying) job. Nothing is lost.
+        # and is handled as a duplicate of a finished (or retrying) job, and a retry whose
+        # fresh message was not sent is sent by the dispatcher. Nothing is lost.
         try:
+            if resend:
+                sent = self._sqs.send_batch(resend)
+                self._db.run(lambda conn: queries.mark_published(conn, sent))
             if deletes and self._sqs.delete_batch(deletes):
                 log.warning("SQS refused some deletes; those messages come back as duplicates")
-            if visibility:
-                self._sqs.set_visibilities(visibility)
         except JobqError as exc:
             log.warning("SQS action after commit failed: %s", exc)
 
-    def _retry_delay(self, c: Completion) -> float:
-        if c.release:
-            return 0.0
-        return backoff_seconds(c.job.attempt, base=self._base, cap=self._cap, jitter=self._jitter())
-
     def _with_db_retries(self, write: Callable[[], T]) -> T:
         """Retry a write while PostgreSQL is unavailable (the heartbeat keeps the message ours)."""
-        deadline = time.monotonic() + self._db_retry_seconds
-        delay = 0.2
-        while True:
-            try:
-                return write()
-            except DatabaseUnavailable as exc:
-                if time.monotonic() + delay > deadline:
-                    raise
-                log.warning("database unavailable while completing; retrying: %s", exc)
-                time.sleep(delay)  # backoff between reconnect attempts, not synchronisation
-                delay = min(delay * 2, 5.0)
+        stopping = self._worker_stopping
+        deadline = None
+        if stopping is None or stopping.is_set():
+            deadline = time.monotonic() + self._db_retry_seconds
+        return Backoff(0.2, 2.0, 5.0).retry(
+            write,
+            what="completing (database unavailable)",
+            deadline=deadline,
+            retry_on=(DatabaseUnavailable,),
+        )
+
+
+def _unstorable(finish: Finish, exc: BaseException) -> Finish:
+    """A run whose outcome PostgreSQL refused, recorded as a permanent failure saying so."""
+    reason = safe_text(f"the run's outcome could not be stored: {describe(exc)}")
+    return Finish(finish.claimed, JobStatus.FAILED, "failed", error=reason, counts=True)

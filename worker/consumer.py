@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
-import time
 from collections.abc import Callable, Sequence
 
 from app.errors import JobqError
-from app.queue import Message, SqsQueue
-from app.sqs_limits import MAX_BATCH
+from app.loops import PeriodicLoop
+from app.sqs.limits import MAX_BATCH
+from app.sqs.queue import Message, SqsQueue
+from worker.gate import DatabaseGate
 from worker.inflight import Entry, InFlight
 
 log = logging.getLogger("jobq.consumer")
@@ -42,7 +42,7 @@ def weighted_order(
     return order
 
 
-class Consumer:
+class Consumer(PeriodicLoop):
     """Pollers that receive messages into reserved free slots and hand each batch to `dispatch`.
 
     Each poller reserves slots, receives at most that many messages, admits them, and runs
@@ -61,48 +61,41 @@ class Consumer:
         pollers: int = 1,
         linger: float = 0.0,
         batch: int = MAX_BATCH,
+        gate: DatabaseGate | None = None,
     ) -> None:
+        super().__init__("jobq-consumer", interval=0, threads=max(1, pollers), logger=log)
         self._queues = list(queues or [(sqs.url, 1)])
         self._sqs = sqs
         self._inflight = inflight
         self._dispatch = dispatch
         self._wait = wait_seconds
-        self._pollers = max(1, pollers)
         self._linger = linger
         self._batch = batch
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self._gate = gate
 
-    def _run(self) -> None:
-        delay = 0.5
-        while not self._stop.is_set():
-            reserved = self._inflight.reserve(
-                MAX_BATCH, batch=self._batch, linger=self._linger, timeout=1.0
-            )
-            if reserved == 0:
-                continue
-            messages: list[Message] = []
-            try:
-                if not self._stop.is_set():
-                    messages = self._receive(reserved)
-                delay = 0.5
-            except Exception as exc:  # noqa: BLE001 - the poll loop must outlive any one failure
-                self._inflight.admit([], reserved)
-                if isinstance(exc, JobqError):
-                    log.warning("receive failed; backing off %.1f s: %s", delay, exc)
-                else:
-                    log.exception("receive crashed; backing off %.1f s", delay)
-                self._stop.wait(delay)
-                delay = min(delay * 2, 30.0)
-                continue
-            if self._stop.is_set():
-                # Arrived after shutdown began: give them back at once, unstarted.
-                self._inflight.admit([], reserved)
-                self._release(messages)
-                return
-            entries = self._inflight.admit(messages, reserved)
-            if entries:
-                self._dispatch(entries)
+    def tick(self) -> float | None:
+        """Reserve free slots, receive at most that many messages, admit and dispatch them."""
+        if self._gate is not None and not self._gate.wait_open(1.0):
+            return 0  # PostgreSQL is down: receiving now would only burn receive counts
+        reserved = self._inflight.reserve(
+            MAX_BATCH, batch=self._batch, linger=self._linger, timeout=1.0
+        )
+        if reserved == 0:
+            return 0
+        try:
+            messages = [] if self.stopping.is_set() else self._receive(reserved)
+        except Exception:
+            self._inflight.admit([], reserved)
+            raise  # the loop logs it and backs off
+        if self.stopping.is_set():
+            # Arrived after shutdown began: give them back at once, unstarted.
+            self._inflight.admit([], reserved)
+            self._release(messages)
+            return 0
+        entries = self._inflight.admit(messages, reserved)
+        if entries:
+            self._dispatch(entries)
+        return 0
 
     def _receive(self, free: int) -> list[Message]:
         if len(self._queues) == 1:
@@ -122,25 +115,3 @@ class Consumer:
             self._sqs.change_visibility_batch(messages, 0)
         except JobqError as exc:
             log.warning("could not release %d message(s): %s", len(messages), exc)
-
-    def start(self) -> None:
-        """Poll in `pollers` threads."""
-        for i in range(self._pollers):
-            thread = threading.Thread(target=self._run, name=f"jobq-consumer-{i}", daemon=True)
-            self._threads.append(thread)
-            thread.start()
-
-    def stop(self) -> None:
-        """Stop receiving (an in-progress long poll finishes and its messages are released)."""
-        self._stop.set()
-
-    def alive(self) -> bool:
-        """True while every poller is running."""
-        return bool(self._threads) and all(t.is_alive() for t in self._threads)
-
-    def join(self, timeout: float) -> bool:
-        """Wait for the poll loops to end; True if they did."""
-        deadline = time.monotonic() + timeout
-        for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        return not any(t.is_alive() for t in self._threads)

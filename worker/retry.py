@@ -1,4 +1,4 @@
-"""Retry policy: pure functions, no I/O, so they are trivially testable."""
+"""How a handler's run ended, classified: pure functions, no I/O."""
 
 from __future__ import annotations
 
@@ -6,45 +6,55 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from app.errors import TaskError
-from app.sqs_limits import MAX_VISIBILITY_TIMEOUT
+from app.errors import Retry, Snooze, TaskError
+from worker.encode import describe, format_traceback, safe_text
 
-
-def backoff_seconds(attempt: int, *, base: float, cap: float, jitter: float) -> float:
-    """Delay before attempt `attempt + 1`: exponential, capped, with equal jitter.
-
-    `jitter` is a number in [0, 1] (random in production, fixed in tests). Half of the
-    exponential step is kept so retries never bunch up at zero.
-    """
-    if attempt < 1:
-        raise ValueError("attempt starts at 1")
-    step = min(cap, base * (2 ** min(attempt - 1, 62)), MAX_VISIBILITY_TIMEOUT)
-    jitter = min(max(jitter, 0.0), 1.0)
-    return step / 2 + step / 2 * jitter
+INTERRUPTED = "interrupted: worker shut down before the job finished"
 
 
 @dataclass(frozen=True)
 class Failure:
-    """A classified handler failure."""
+    """A run that did not succeed, and what it means for the job."""
 
     message: str
     retryable: bool
-    outcome: str  # "failed" or "timed_out", recorded in the attempt history
+    outcome: str  # failed, timed_out, interrupted, crashed or snoozed (the attempt history)
+    traceback: str | None = None
+    delay: float | None = None  # wait this long before the next run instead of the backoff
+    counts: bool = True  # counts towards max_attempts (a snooze or an interruption does not)
+    dead_letter: bool = False  # the job crashed its runner: it fails and is dead-lettered
 
 
-def classify(exc: BaseException, *, timed_out: bool = False) -> Failure:
-    """Decide whether an exception raised by a handler is worth another attempt."""
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    if timed_out:
-        return Failure(text, True, "timed_out")
+def classify(exc: BaseException, *, max_traceback: int = 16 * 1024) -> Failure:
+    """Decide what an exception raised by a handler means."""
+    if isinstance(exc, Snooze):
+        return Failure(safe_text(str(exc)), True, "snoozed", delay=exc.seconds, counts=False)
+    tb = format_traceback(exc, max_bytes=max_traceback)
+    if isinstance(exc, Retry):
+        return Failure(safe_text(str(exc)), True, "failed", tb, delay=exc.in_seconds)
     if isinstance(exc, TaskError):
-        return Failure(str(exc) or text, exc.retryable, "failed")
+        return Failure(safe_text(str(exc)) or describe(exc), exc.retryable, "failed", tb)
     if isinstance(exc, ValidationError):
         # A payload that does not fit the task's model will not fit next time either.
-        return Failure(text, False, "failed")
-    return Failure(text, True, "failed")
+        return Failure(describe(exc), False, "failed", tb)
+    return Failure(describe(exc), True, "failed", tb)
 
 
-def is_final_attempt(attempt: int, max_attempts: int) -> bool:
-    """True when no further attempt is allowed after `attempt`."""
-    return attempt >= max_attempts
+def timed_out(limit: float) -> Failure:
+    """The handler ran past its timeout."""
+    return Failure(f"TaskTimeout: timed out after {limit:g} s", True, "timed_out")
+
+
+def interrupted(delay: float) -> Failure:
+    """The worker shut down (or gave the job up) before the handler finished."""
+    return Failure(INTERRUPTED, True, "interrupted", delay=delay, counts=False)
+
+
+def crashed(detail: str) -> Failure:
+    """The job's isolated runner died: the job is the culprit of its worker's crashes."""
+    return Failure(f"crashed its runner: {detail}", False, "crashed", dead_letter=True)
+
+
+def permanent(message: str) -> Failure:
+    """A failure no retry can fix (an unknown task, a result that is not JSON, ...)."""
+    return Failure(safe_text(message), False, "failed")

@@ -65,7 +65,7 @@ class Job(Base):
         Index(
             "ix_jobs_unpublished",
             "updated_at",
-            postgresql_where=text("status = 'queued' AND published_at IS NULL"),
+            postgresql_where=text("status IN ('queued', 'retrying') AND published_at IS NULL"),
         ),
     )
 
@@ -75,8 +75,16 @@ class Job(Base):
     payload: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
     result: Mapped[Any | None] = mapped_column(JSONB, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Handler runs started: the attempt number, and the fence of every write about the run.
     attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
     max_attempts: Mapped[int] = mapped_column(Integer)
+    # Runs that failed (what max_attempts limits); runs lost with their worker (crashes);
+    # times the DLQ consumer sent the job back because it never ran (redeliveries).
+    failures: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    crashes: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    redeliveries: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    # Attempt series: 1, and one more on each POST /jobs/{id}/retry or redrive.
+    series: Mapped[int] = mapped_column(Integer, server_default=text("1"))
     timeout_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
     trace_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     worker_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
@@ -112,6 +120,8 @@ class JobAttempt(Base):
     attempt: Mapped[int] = mapped_column(Integer)
     outcome: Mapped[str] = mapped_column(String(16))
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    traceback: Mapped[str | None] = mapped_column(Text, nullable=True)
+    series: Mapped[int] = mapped_column(Integer, server_default=text("1"))
     worker_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
     started_at: Mapped[datetime | None] = _ts()
     finished_at: Mapped[datetime] = _ts(nullable=False, default=True)

@@ -9,10 +9,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.jobs.states import JobStatus
-from app.validation import SafeStr, UtcDatetime
+from app.jobs.validation import SafeStr, UtcDatetime
 
 MAX_LIST_LIMIT = 500
-MAX_DELAY_SECONDS = 366 * 24 * 3600
+# The furthest ahead a job may be submitted (delay_seconds); SQS's own limit is 15 minutes.
+MAX_SUBMIT_DELAY_SECONDS = 366 * 24 * 3600
 Priority = Literal["high", "default", "low"]
 
 
@@ -32,7 +33,7 @@ class JobCreate(BaseModel):
     task: SafeStr = Field(min_length=1, max_length=200, examples=["echo"])
     payload: dict[str, Any] = Field(default_factory=dict, examples=[{"hello": "world"}])
     idempotency_key: SafeStr | None = Field(None, min_length=1, max_length=255)
-    delay_seconds: int | None = Field(None, ge=0, le=MAX_DELAY_SECONDS)
+    delay_seconds: int | None = Field(None, ge=0, le=MAX_SUBMIT_DELAY_SECONDS)
     run_at: UtcDatetime | None = None
     priority: Priority = "default"
     max_attempts: int | None = Field(None, ge=1, le=1000)
@@ -80,6 +81,9 @@ class JobOut(BaseModel):
     error: str | None
     attempts: int
     max_attempts: int
+    failures: int = 0
+    crashes: int = 0
+    series: int = 1
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None
@@ -90,6 +94,9 @@ class JobOut(BaseModel):
     idempotency_key: str | None = None
     cancel_requested_at: datetime | None = None
     dead_lettered_at: datetime | None = None
+    # Fields too large to show here: payload/result replaced by {"truncated": true, "bytes": N},
+    # error cut short (GET /jobs/{id} shows a job whole; docs/operations-limits.md).
+    truncated_fields: list[Literal["payload", "result", "error"]] = []
 
 
 class BatchItemResult(BaseModel):
@@ -123,8 +130,10 @@ class AttemptOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
     attempt: int
+    series: int = 1
     outcome: str
     error: str | None
+    traceback: str | None = None
     worker_id: str | None
     started_at: datetime | None
     finished_at: datetime

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -17,20 +19,24 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.config import Settings
 from app.db import HeldConnections, translate_db_errors
 from app.errors import Conflict, InvalidInput, JobqError, NotFound
-from app.jobs import commands, store
-from app.jobs.group_commit import GroupCommit, Row
-from app.jobs.models import Job, JobAttempt
-from app.jobs.schemas import JobCreate, JobOut, RedriveRequest
-from app.jobs.states import JobStatus
-from app.observability import tracing
+from app.jobs import queries, transitions, views
+from app.jobs.models import Job
+from app.jobs.notify import FinalListener, listen_connection
+from app.jobs.schemas import AttemptOut, JobCreate, JobOut, RedriveRequest
+from app.jobs.states import FINAL, JobStatus
+from app.jobs.validation import check_payload
+from app.observability import otel
 from app.observability.metrics import JOBS_CREATED
-from app.publisher import Publisher
-from app.queue import Outgoing
-from app.sqs_limits import MAX_DELAY_SECONDS
+from app.outbox.group_commit import GroupCommit, Row
+from app.outbox.publisher import Publisher
+from app.sqs.limits import MAX_DELAY_SECONDS
+from app.sqs.queue import Outgoing
 from app.tasks.registry import Registry
-from app.validation import check_payload
 
 log = logging.getLogger("jobq.jobs")
+# The longest GET /jobs/{id}?wait=N may hold a request (seconds): short enough for proxies'
+# idle timeouts, long enough that a waiting client makes few requests.
+MAX_WAIT_SECONDS = 30.0
 
 
 def request_hash(req: JobCreate) -> str:
@@ -79,6 +85,8 @@ class JobService:
         self._registry = registry
         self._publisher = publisher
         self._settings = settings
+        self._list_caps = views.Caps.for_lists(settings)
+        self._one_caps = views.Caps.for_one_job(settings)
         # The committing threads keep a connection each: no checkout, pre-ping or Session per
         # batch (see HeldConnections for what happens when PostgreSQL restarts).
         self._held = HeldConnections(sessions.kw["bind"])
@@ -88,11 +96,14 @@ class JobService:
             threads=settings.submit_commit_threads,
             max_rows=settings.batch_max_jobs,
         )
+        engine = sessions.kw["bind"]
+        self._finals = FinalListener(lambda: listen_connection(engine))
 
     def close(self) -> None:
-        """Commit (and hand to the publisher) every submission still waiting."""
+        """Commit (and hand to the publisher) every submission still waiting; end long polls."""
         self._group.close()
         self._held.close()
+        self._finals.close()
 
     # -- submit ---------------------------------------------------------------------------
 
@@ -101,10 +112,10 @@ class JobService:
         spec = self._registry.get(req.task)
         check_payload(req.payload, max_depth=self._settings.max_payload_depth)
         self._registry.validate_payload(req.task, req.payload)
-        if req.max_attempts is not None and req.max_attempts > self._settings.max_attempts:
+        ceiling = self._settings.max_attempts_ceiling
+        if req.max_attempts is not None and req.max_attempts > ceiling:
             raise InvalidInput(
-                f"max_attempts may not exceed the queue's maxReceiveCount "
-                f"({self._settings.max_attempts})",
+                f"max_attempts may not exceed {ceiling} (JOBQ_MAX_ATTEMPTS_CEILING)",
                 field="max_attempts",
             )
         if req.delay_seconds is not None and req.run_at is not None:
@@ -121,7 +132,7 @@ class JobService:
             # publishes it.
             "status": (JobStatus.SCHEDULED if far else JobStatus.QUEUED).value,
             "payload": req.payload,
-            "max_attempts": req.max_attempts or self._settings.max_attempts,
+            "max_attempts": req.max_attempts or spec.max_attempts or self._settings.max_attempts,
             "timeout_seconds": req.timeout_seconds or spec.timeout_seconds,
             "trace_id": trace_id,
             "priority": req.priority,
@@ -142,32 +153,15 @@ class JobService:
         submissions (GroupCommit); keyed ones in a worker thread."""
         key = _key(header_key, req.idempotency_key)
         row = self.row_for(req, trace_id=trace_id, key=key)
-        with tracing.span("jobq.submit", trace_id, task=req.task, job_id=row["id"]):
+        with otel.span("jobq.submit", trace_id, task=req.task, job_id=row["id"]):
             if key is None:
                 return await self._group.submit(row), True
             return await anyio.to_thread.run_sync(self._submit_keyed, row)
 
-    def submit(
-        self, req: JobCreate, *, trace_id: str | None = None, header_key: str | None = None
-    ) -> tuple[JobOut, bool]:
-        """Commit the job (or find its idempotent original), then publish; (job, created)."""
-        key = _key(header_key, req.idempotency_key)
-        row = self.row_for(req, trace_id=trace_id, key=key)
-        with tracing.span("jobq.submit", trace_id, task=req.task, job_id=row["id"]):
-            if key is not None:
-                return self._submit_keyed(row)
-            view = self._insert_plain([row])[0]
-        self._announce([row])
-        return view, True
-
-    def _insert_plain(self, rows: list[Row]) -> list[JobOut]:
-        """Insert and commit rows without idempotency keys; their API views, in order."""
-        with translate_db_errors(), self._sessions.begin() as session:
-            return _views(rows, store.insert_jobs(session, rows))
-
     def _insert_grouped(self, rows: list[Row]) -> list[JobOut]:
-        """_insert_plain on the calling committer thread's held connection."""
-        return _views(rows, self._held.run(lambda conn: store.insert_jobs(conn, rows)))
+        """Insert rows without idempotency keys on the calling committer thread's held
+        connection, in one statement and one commit; their API views, in order."""
+        return _views(rows, self._held.run(lambda conn: queries.insert_jobs(conn, rows)))
 
     def _submit_keyed(self, row: Row) -> tuple[JobOut, bool]:
         with translate_db_errors(), self._sessions.begin() as session:
@@ -177,7 +171,7 @@ class JobService:
         return JobOut.model_validate(job), created
 
     def _insert_keyed(self, session: Session, row: Row) -> tuple[Job, bool]:
-        job, created = store.insert_idempotent(session, row)
+        job, created = queries.insert_idempotent(session, row)
         if not created and job.request_hash != row["request_hash"]:
             raise Conflict(
                 "idempotency key already used for a different request",
@@ -215,7 +209,7 @@ class JobService:
         created_rows: list[Row] = []
         with translate_db_errors(), self._sessions.begin() as session:
             plain = [r for r in rows if isinstance(r, dict) and not r.get("idempotency_key")]
-            stamps = {s.id: s for s in store.insert_jobs(session, plain)}
+            stamps = {s.id: s for s in queries.insert_jobs(session, plain)}
             created_rows.extend(plain)
             for r in rows:
                 if isinstance(r, JobqError):
@@ -252,7 +246,7 @@ class JobService:
                 out = _outgoing(r["id"], r["trace_id"], r["run_at"], r["priority"])
                 self._publisher.publish(out)
 
-    def _publish(self, jobs: list[Job]) -> None:
+    def _publish(self, jobs: Sequence[Any]) -> None:
         """Publish re-enqueued jobs, after their commit."""
         for job in jobs:
             if job.status == JobStatus.QUEUED.value:
@@ -260,56 +254,82 @@ class JobService:
 
     # -- read -------------------------------------------------------------------------------
 
-    def get(self, job_id: uuid.UUID) -> Job:
-        """The job, or NotFound."""
+    def get(self, job_id: uuid.UUID) -> JobOut:
+        """The job (a field beyond every accepted size cut: views.Caps.for_one_job), or
+        NotFound."""
         with translate_db_errors(), self._sessions() as session:
-            job = store.get_job(session, job_id)
+            job = views.one_job(session, job_id, self._one_caps)
         if job is None:
             raise NotFound(f"job {job_id} not found", field="id")
         return job
 
-    def attempts(self, job_id: uuid.UUID) -> list[JobAttempt]:
+    async def get_async(self, job_id: uuid.UUID) -> JobOut:
+        """get() for the event loop (the read runs in a worker thread)."""
+        return await anyio.to_thread.run_sync(self.get, job_id)
+
+    async def wait_final(self, job_id: uuid.UUID, seconds: float) -> JobOut:
+        """The job as soon as it is final, or as it is after `seconds`.
+
+        Woken by the final-status NOTIFY (app/jobs/notify.py), never by re-reading the table:
+        a wait costs one read, plus one per wake-up.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while True:
+            # Registered before the read: a job ending between the read and the await still
+            # resolves this future.
+            with self._finals.watch(job_id) as ended:
+                job = await self.get_async(job_id)
+                remaining = deadline - loop.time()
+                if job.status in FINAL or remaining <= 0 or self._finals.closed:
+                    return job
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ended, remaining)
+
+    def attempts(self, job_id: uuid.UUID) -> Sequence[AttemptOut]:
         """The attempt history of an existing job."""
         with translate_db_errors(), self._sessions() as session:
-            if store.get_job(session, job_id) is None:
+            # queries.view reads a few columns: never a job's (possibly large) result.
+            if queries.view(session, job_id) is None:
                 raise NotFound(f"job {job_id} not found", field="id")
-            return store.list_attempts(session, job_id)
+            return views.attempts(session, job_id, self._one_caps.error_chars)
 
-    def find(self, *, limit: int = 50, **filters: Any) -> tuple[list[Job], str | None]:
-        """A newest-first page of jobs and the cursor of the next page."""
+    def find(self, *, limit: int = 50, **filters: Any) -> tuple[list[JobOut], str | None]:
+        """A newest-first page of jobs (large fields cut: views.Caps.for_lists) and the
+        cursor of the next page."""
         after, before = filters.get("created_after"), filters.get("created_before")
         if after is not None and before is not None and after >= before:
             raise InvalidInput("created_after must be before created_before", field="created_after")
         defaults = {"status": None, "task": None, "cursor": None}
         with translate_db_errors(), self._sessions() as session:
-            return store.list_jobs(session, limit=limit, **{**defaults, **filters})
+            return views.list_page(session, self._list_caps, limit=limit, **{**defaults, **filters})
 
     # -- operations -------------------------------------------------------------------------
 
     def cancel(self, job_id: uuid.UUID) -> Job:
         """Cancel now if not started; request cancellation if running; 409 if finished."""
         with translate_db_errors(), self._sessions.begin() as session:
-            job = commands.cancel(session, job_id)
+            job = transitions.cancel(session, job_id)
             if job is None:
                 self._explain_refusal(session, job_id, "cancel")
         assert job is not None
         return job
 
-    def retry(self, job_id: uuid.UUID) -> Job:
+    def retry(self, job_id: uuid.UUID) -> JobOut:
         """Re-enqueue a failed or cancelled job as a new attempt series (history kept)."""
         with translate_db_errors(), self._sessions.begin() as session:
-            jobs = commands.requeue(session, ids=[job_id])
+            jobs = transitions.requeue(session, ids=[job_id])
             if not jobs:
                 self._explain_refusal(session, job_id, "retry")
         self._publish(jobs)
-        return jobs[0]
+        return self.get(job_id)
 
-    def redrive(self, req: RedriveRequest) -> list[Job]:
+    def redrive(self, req: RedriveRequest) -> list[Any]:
         """Re-enqueue failed jobs in bulk by filter; return them."""
         if req.failed_after and req.failed_before and req.failed_after >= req.failed_before:
             raise InvalidInput("failed_after must be before failed_before", field="failed_after")
         with translate_db_errors(), self._sessions.begin() as session:
-            jobs = commands.requeue(
+            jobs = transitions.requeue(
                 session,
                 task=req.task,
                 failed_after=req.failed_after,
@@ -322,7 +342,7 @@ class JobService:
 
     @staticmethod
     def _explain_refusal(session: Session, job_id: uuid.UUID, action: str) -> None:
-        job = store.get_job(session, job_id)
+        job = queries.view(session, job_id)
         if job is None:
             raise NotFound(f"job {job_id} not found", field="id")
         raise Conflict(f"cannot {action} a job that is {job.status}", field="status")

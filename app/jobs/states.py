@@ -19,23 +19,28 @@ class JobStatus(StrEnum):
 
 S = JobStatus
 
-# target status -> statuses it may be reached from. Every write of `status` goes through
-# a guarded UPDATE built from this table, so a disallowed transition changes zero rows.
+# target status -> the statuses it may be entered from. Every UPDATE that writes jobs.status is
+# in app/jobs/transitions.py and guards its WHERE clause with statuses taken from this table, so
+# a transition the table does not allow changes zero rows.
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
-    # SCHEDULED -> QUEUED when due (dispatcher); FAILED/CANCELLED -> QUEUED on retry / replay.
+    # Only ever the status a job is inserted with (run_at beyond SQS's 15-minute delay).
+    S.SCHEDULED: frozenset(),
+    # SCHEDULED -> QUEUED when the dispatcher sends it; FAILED/CANCELLED -> QUEUED on retry
+    # or redrive (a new attempt series).
     S.QUEUED: frozenset({S.SCHEDULED, S.FAILED, S.CANCELLED}),
-    S.SCHEDULED: frozenset({S.FAILED, S.CANCELLED}),  # retry of a job with a future run_at
-    # RUNNING from RUNNING only when the previous holder's lease expired (checked in SQL).
+    # A claim; RUNNING -> RUNNING only when the previous holder's lease expired (checked in SQL).
     S.RUNNING: frozenset({S.QUEUED, S.RETRYING, S.RUNNING}),
     S.RETRYING: frozenset({S.RUNNING}),
     S.SUCCEEDED: frozenset({S.RUNNING}),
-    # QUEUED/RETRYING/RUNNING -> FAILED: the dead-letter consumer, or a claim past max attempts.
+    # RUNNING -> FAILED when an attempt fails for good; QUEUED/RETRYING/RUNNING (lease expired)
+    # -> FAILED when the dead-letter consumer or an unclaimable delivery ends an exhausted job.
     S.FAILED: frozenset({S.RUNNING, S.QUEUED, S.RETRYING}),
+    # Not started -> CANCELLED at once; RUNNING -> CANCELLED when the attempt ends after a
+    # cancellation request.
     S.CANCELLED: frozenset({S.SCHEDULED, S.QUEUED, S.RETRYING, S.RUNNING}),
 }
 
 FINAL: frozenset[JobStatus] = frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED})
-CLAIMABLE: frozenset[JobStatus] = frozenset({S.QUEUED, S.RETRYING})
 # Cancel takes effect at once from these; a running job gets a cancellation request instead.
 CANCELLABLE_NOW: frozenset[JobStatus] = frozenset({S.SCHEDULED, S.QUEUED, S.RETRYING})
 RETRYABLE_BY_USER: frozenset[JobStatus] = frozenset({S.FAILED, S.CANCELLED})

@@ -1,21 +1,23 @@
-"""Guarded status transitions: each is one conditional UPDATE ... RETURNING.
+"""Every write of jobs.status: each is one guarded UPDATE ... RETURNING.
 
-Zero rows back means the transition was not allowed (a duplicate delivery, a lost lease,
-a job already finished), so callers never act on a stale view of a job.
+Each WHERE clause takes its statuses from the transitions table (app/jobs/states.py) through
+`_in` / `_from`. Zero rows back means the transition was not allowed (a duplicate delivery, a
+lost lease, a job already finished), so callers never act on a stale view of a job.
 """
 
 from __future__ import annotations
 
-import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, text
+from sqlalchemy import Connection, Row, Select, bindparam, select, text, update
 from sqlalchemy.orm import Session
 
-from app.jobs.states import JobStatus, sources
+from app.jobs.models import Job
+from app.jobs.states import CANCELLABLE_NOW, RETRYABLE_BY_USER, JobStatus, sources
 
 S = JobStatus
 # Every transition runs on an ORM session or on a Core connection (the worker's hot path).
@@ -30,14 +32,32 @@ Db = Session | Connection
 BY_ID = "j.id = ANY(CAST(:ids AS uuid[]))"
 
 
+def _allowed(targets: Sequence[JobStatus], wanted: Sequence[JobStatus] | None) -> list[str]:
+    """`wanted` (default: every source of targets[0]), each checked against the table."""
+    chosen = sorted(wanted if wanted is not None else sources(targets[0]))
+    for target in targets:
+        bad = [s for s in chosen if s not in sources(target)]
+        if bad:
+            raise ValueError(f"{bad} -> {target} is not in the transitions table")
+    return [s.value for s in chosen]
+
+
 def _in(target: JobStatus) -> str:
     """SQL list of the statuses `target` may be entered from, from the transitions table."""
-    return "(" + ", ".join(f"'{s.value}'" for s in sorted(sources(target))) + ")"
+    return "(" + ", ".join(f"'{s}'" for s in _allowed([target], None)) + ")"
+
+
+def _from(wanted: Sequence[JobStatus], *targets: JobStatus) -> str:
+    """SQL list of `wanted`, each allowed (by the table) to enter every one of `targets`."""
+    return "(" + ", ".join(f"'{s}'" for s in _allowed(targets, wanted)) + ")"
+
+
+_NOW = text("now()")
 
 
 @dataclass(frozen=True)
 class Claimed:
-    """A job this worker now runs, as attempt `attempt`."""
+    """A job this worker now runs, as run number `attempt`."""
 
     job_id: uuid.UUID
     task: str
@@ -47,19 +67,11 @@ class Claimed:
     timeout_seconds: float | None
     trace_id: str | None
     started_at: datetime
-    lost_previous: bool  # the previous attempt's worker died holding the job
+    lost_previous: bool  # the previous run's worker died holding the job
     queued_at: datetime | None = None  # when it became due (for the queue-wait metric)
-
-
-@dataclass(frozen=True)
-class JobView:
-    """Just what a worker needs to decide about a message it could not claim."""
-
-    status: JobStatus
-    attempts: int
-    max_attempts: int
-    lease_seconds_left: float
-    run_at_seconds_left: float = 0.0
+    failures: int = 0  # failed runs so far (max_attempts limits these)
+    series: int = 1
+    priority: str = "default"
 
 
 _CLAIM = text(
@@ -70,23 +82,27 @@ _CLAIM = text(
         FROM jobs WHERE id = ANY(CAST(:ids AS uuid[])) ORDER BY id FOR UPDATE
     ), u AS (
         UPDATE jobs AS j SET
-            status = 'running', attempts = j.attempts + 1, worker_id = :worker,
+            status = 'running', attempts = j.attempts + 1,
+            crashes = j.crashes + CAST(prev.status = 'running' AS int), worker_id = :worker,
             lease_expires_at = now() + make_interval(secs => :lease),
             started_at = coalesce(j.started_at, now()), updated_at = now(),
             published_at = coalesce(j.published_at, now())
         FROM prev
-        WHERE {BY_ID} AND j.id = prev.id AND j.attempts < least(j.max_attempts, :cap)
+        WHERE {BY_ID} AND j.id = prev.id AND j.failures < j.max_attempts
+          AND j.crashes + CAST(prev.status = 'running' AS int) < :max_crashes
           AND (j.status IN {_in(S.RUNNING)}) IS TRUE
-          AND (j.status <> 'running' OR j.lease_expires_at < now())
+          -- A previous holder's lease must be over by the margin it gives itself to stop.
+          AND (j.status <> 'running' OR j.lease_expires_at + make_interval(secs => :margin)
+                                        < now())
           AND (j.run_at IS NULL OR j.run_at <= now() + interval '1 second')
-        RETURNING j.id, j.task, j.payload, j.attempts, j.max_attempts, j.timeout_seconds,
-                  j.trace_id, now() AS started,
+        RETURNING j.id, j.task, j.payload, j.attempts, j.failures, j.max_attempts, j.series,
+                  j.priority, j.timeout_seconds, j.trace_id, now() AS started,
                   prev.status AS prev_status, prev.worker_id AS prev_worker, prev.queued_at
     ), lost AS (
-        -- The previous attempt's worker died holding the job: record that attempt as lost.
-        INSERT INTO job_attempts (job_id, attempt, outcome, error, worker_id)
-        SELECT id, attempts - 1, 'lost', 'worker stopped heartbeating (killed or hung)',
-               prev_worker
+        -- The previous run's worker died holding the job: record that run as lost.
+        INSERT INTO job_attempts (job_id, attempt, series, outcome, error, worker_id)
+        SELECT id, attempts - 1, series, 'lost',
+               'worker stopped heartbeating (killed, hung or cut off)', prev_worker
         FROM u WHERE prev_status = 'running'
     )
     SELECT * FROM u
@@ -95,12 +111,18 @@ _CLAIM = text(
 
 
 def claim_many(
-    session: Db, job_ids: list[uuid.UUID], worker_id: str, lease_seconds: float, cap: int
+    session: Db,
+    job_ids: list[uuid.UUID],
+    worker_id: str,
+    lease_seconds: float,
+    *,
+    margin: float = 0.0,
+    max_crashes: int = 3,
 ) -> dict[uuid.UUID, Claimed]:
     """Claim every claimable job of a receive in one statement; job id -> Claimed.
 
     queued|retrying|running-with-expired-lease -> running, attempts += 1, lease set. Ids not
-    in the result could not be claimed (duplicate delivery, finished, exhausted, not due).
+    in the result could not be claimed (duplicate delivery, finished, not due, crashing).
     """
     if not job_ids:
         return {}
@@ -108,7 +130,8 @@ def claim_many(
         "ids": sorted({str(i) for i in job_ids}),
         "worker": worker_id,
         "lease": lease_seconds,
-        "cap": cap,
+        "margin": margin,
+        "max_crashes": max_crashes,
     }
     claimed: dict[uuid.UUID, Claimed] = {}
     for row in session.execute(_CLAIM, params):
@@ -124,49 +147,36 @@ def claim_many(
             started_at=row.started,
             lost_previous=row.prev_status == S.RUNNING.value,
             queued_at=row.queued_at,
+            failures=row.failures,
+            series=row.series,
+            priority=row.priority,
         )
     return claimed
 
 
 def claim(
-    session: Db, job_id: uuid.UUID, worker_id: str, lease_seconds: float, cap: int
+    session: Db, job_id: uuid.UUID, worker_id: str, lease_seconds: float, **limits: Any
 ) -> Claimed | None:
     """Claim one job (see claim_many); None if it could not be claimed."""
-    return claim_many(session, [job_id], worker_id, lease_seconds, cap).get(job_id)
+    return claim_many(session, [job_id], worker_id, lease_seconds, **limits).get(job_id)
 
 
-def view(session: Db, job_id: uuid.UUID) -> JobView | None:
-    """Status, attempts and remaining lease of a job, or None if it does not exist."""
-    row = session.execute(
-        text(
-            """SELECT status, attempts, max_attempts,
-                 greatest(0, extract(epoch FROM lease_expires_at - now())) AS left,
-                 greatest(0, extract(epoch FROM run_at - now())) AS run_left
-               FROM jobs WHERE id = :id"""
-        ),
-        {"id": job_id},
-    ).one_or_none()
-    if row is None:
-        return None
-    return JobView(
-        S(row.status),
-        row.attempts,
-        row.max_attempts,
-        float(row.left or 0),
-        float(row.run_left or 0),
-    )
+# An attempt's end writes one of these (cancelled when a cancellation was requested).
+_FINISHED_FROM = _from([S.RUNNING], S.SUCCEEDED, S.RETRYING, S.FAILED, S.CANCELLED)
 
-
-# One statement finishes a whole batch; a cancellation request wins over what the attempt
-# produced. Rows are locked in id order first so concurrent batches cannot deadlock.
+# One statement finishes a whole batch; a cancellation request wins over what the run
+# produced. Rows are locked in id order first so concurrent batches cannot deadlock. A job
+# that runs again gets its run_at and an unconfirmed publish: its next delivery is fresh.
 _FINISH = text(
     f"""
     WITH v AS (
         SELECT * FROM unnest(
             CAST(:ids AS uuid[]), CAST(:statuses AS text[]), CAST(:results AS text[]),
-            CAST(:errors AS text[]), CAST(:attempts AS int[]), CAST(:outcomes AS text[]),
-            CAST(:started AS timestamptz[])
-        ) AS v(id, status, result, error, attempt, outcome, started)
+            CAST(:errors AS text[]), CAST(:tracebacks AS text[]), CAST(:attempts AS int[]),
+            CAST(:outcomes AS text[]), CAST(:started AS timestamptz[]),
+            CAST(:counts AS int[]), CAST(:delays AS float8[]), CAST(:dead AS boolean[])
+        ) AS v(id, status, result, error, traceback, attempt, outcome, started, counts, delay,
+               dead)
     ), locked AS (
         SELECT id FROM jobs WHERE id = ANY(CAST(:ids AS uuid[])) ORDER BY id FOR UPDATE
     ), u AS (
@@ -175,18 +185,28 @@ _FINISH = text(
             result = CAST(v.result AS jsonb),
             error = CASE WHEN j.cancel_requested_at IS NULL THEN v.error
                          ELSE coalesce(v.error, 'cancelled while running') END,
+            failures = j.failures + v.counts,
             finished_at = CASE WHEN j.cancel_requested_at IS NULL AND v.status = 'retrying'
                                THEN NULL ELSE now() END,
+            run_at = CASE WHEN j.cancel_requested_at IS NULL AND v.status = 'retrying'
+                          THEN now() + make_interval(secs => v.delay) ELSE j.run_at END,
+            published_at = CASE WHEN j.cancel_requested_at IS NULL AND v.status = 'retrying'
+                                THEN NULL ELSE j.published_at END,
+            dead_lettered_at = CASE WHEN j.cancel_requested_at IS NULL AND v.dead
+                                    THEN now() ELSE j.dead_lettered_at END,
             updated_at = now(), lease_expires_at = NULL
         FROM v
         WHERE {BY_ID} AND j.id = v.id AND j.id IN (SELECT id FROM locked)
-          AND (j.status = 'running') IS TRUE AND j.worker_id = :worker
+          AND (j.status IN {_FINISHED_FROM}) IS TRUE AND j.worker_id = :worker
           AND j.attempts = v.attempt
-        RETURNING j.id, j.status, v.attempt, v.outcome, v.error, v.started
+        RETURNING j.id, j.status, j.series, j.run_at, v.attempt, v.outcome, v.error,
+                  v.traceback, v.started
     ), a AS (
-        INSERT INTO job_attempts (job_id, attempt, outcome, error, worker_id, started_at)
-        SELECT id, attempt, CASE WHEN status = 'cancelled' THEN 'cancelled' ELSE outcome END,
-               error, :worker, started
+        INSERT INTO job_attempts
+            (job_id, attempt, series, outcome, error, traceback, worker_id, started_at)
+        SELECT id, attempt, series,
+               CASE WHEN status = 'cancelled' THEN 'cancelled' ELSE outcome END,
+               error, traceback, :worker, started
         FROM u
     )
     SELECT id, status FROM u
@@ -196,17 +216,21 @@ _FINISH = text(
 
 @dataclass(frozen=True)
 class Finish:
-    """How one claimed attempt ended, to be written by finish_many."""
+    """How one claimed run ended, to be written by finish_many."""
 
     claimed: Claimed
     status: JobStatus
     outcome: str
-    result: Any = None
+    result: str | None = None  # JSON text, already encoded and checked
     error: str | None = None
+    traceback: str | None = None
+    counts: bool = False  # one more failure towards max_attempts
+    delay: float = 0.0  # retrying: seconds until the next run
+    dead_letter: bool = False
 
 
 def finish_many(session: Db, worker_id: str, items: list[Finish]) -> dict[uuid.UUID, JobStatus]:
-    """running -> succeeded|retrying|failed (cancelled if requested) for a batch of attempts.
+    """running -> succeeded|retrying|failed (cancelled if requested) for a batch of runs.
 
     Returns job id -> status written; a job missing from the result is no longer this
     worker's (its lease expired and another worker took it).
@@ -219,11 +243,15 @@ def finish_many(session: Db, worker_id: str, items: list[Finish]) -> dict[uuid.U
     params = {
         "ids": [str(i.claimed.job_id) for i in items],
         "statuses": [i.status.value for i in items],
-        "results": [None if i.result is None else json.dumps(i.result) for i in items],
+        "results": [i.result for i in items],
         "errors": [i.error for i in items],
+        "tracebacks": [i.traceback for i in items],
         "attempts": [i.claimed.attempt for i in items],
         "outcomes": [i.outcome for i in items],
         "started": [i.claimed.started_at for i in items],
+        "counts": [int(i.counts) for i in items],
+        "delays": [float(i.delay) for i in items],
+        "dead": [i.dead_letter for i in items],
         "worker": worker_id,
     }
     rows = session.execute(_FINISH, params)
@@ -232,18 +260,9 @@ def finish_many(session: Db, worker_id: str, items: list[Finish]) -> dict[uuid.U
     }
 
 
-def finish(
-    session: Db,
-    claimed: Claimed,
-    worker_id: str,
-    *,
-    status: JobStatus,
-    outcome: str,
-    result: Any = None,
-    error: str | None = None,
-) -> JobStatus | None:
-    """One attempt's finish (see finish_many); None if the job is no longer ours."""
-    written = finish_many(session, worker_id, [Finish(claimed, status, outcome, result, error)])
+def finish(session: Db, claimed: Claimed, worker_id: str, **how: Any) -> JobStatus | None:
+    """One run's finish (see finish_many and Finish); None if the job is no longer ours."""
+    written = finish_many(session, worker_id, [Finish(claimed, **how)])
     return written.get(claimed.job_id)
 
 
@@ -265,30 +284,128 @@ def extend_leases(
     return {r[0]: bool(r[1]) for r in session.execute(_EXTEND_LEASES, params)}
 
 
-def fail_exhausted(session: Db, job_id: uuid.UUID, reason: str, dead_letter: bool) -> bool:
-    """A job whose retries are used up (or that reached the DLQ) ends failed with a reason."""
+def fail_dead_lettered(session: Db, job_id: uuid.UUID, reason: str) -> bool:
+    """A job jobq gives up on (it crashed its worker too often, or kept reaching the DLQ
+    without running) ends failed and dead-lettered, with the reason."""
     stmt = text(
         f"""UPDATE jobs SET status = 'failed',
                error = CASE WHEN error IS NULL THEN :reason
                             ELSE :reason || '; last error: ' || error END,
                finished_at = now(), updated_at = now(), lease_expires_at = NULL,
-               dead_lettered_at = CASE WHEN :dlq THEN now() END
+               dead_lettered_at = now()
            WHERE id = :id AND status IN {_in(S.FAILED)}
              AND (status <> 'running' OR lease_expires_at < now())
            RETURNING id"""
     )
-    return (
-        session.execute(stmt, {"id": job_id, "reason": reason, "dlq": dead_letter}).first()
-        is not None
-    )
+    return session.execute(stmt, {"id": job_id, "reason": reason}).first() is not None
 
 
-def mark_dead_lettered(session: Db, job_id: uuid.UUID) -> None:
-    """Note on an already-failed job that its message reached the dead-letter queue."""
+def count_redelivery(session: Db, job_id: uuid.UUID) -> None:
+    """Note that the DLQ consumer sent an unfinished job back to its queue (no status write)."""
     session.execute(
-        text(
-            """UPDATE jobs SET dead_lettered_at = now(), updated_at = now()
-               WHERE id = :id AND status = 'failed' AND dead_lettered_at IS NULL"""
-        ),
-        {"id": job_id},
+        text("UPDATE jobs SET redeliveries = redeliveries + 1 WHERE id = :id"), {"id": job_id}
     )
+
+
+_DUE_FROM = _from([S.SCHEDULED], S.QUEUED)
+
+
+def scheduled_to_queued(session: Db, job_ids: Sequence[uuid.UUID]) -> None:
+    """scheduled -> queued for jobs whose message SQS accepted (the dispatcher)."""
+    if job_ids:
+        session.execute(
+            text(
+                f"""UPDATE jobs SET status = 'queued', published_at = now(), updated_at = now()
+                    WHERE id = ANY(CAST(:ids AS uuid[])) AND status IN {_DUE_FROM}"""
+            ),
+            {"ids": [str(i) for i in job_ids]},
+        )
+
+
+def cancel(session: Session, job_id: uuid.UUID) -> Job | None:
+    """Not started -> cancelled at once; running -> cancellation requested. None if neither."""
+    done = session.scalar(
+        update(Job)
+        .where(Job.id == job_id, Job.status.in_(_allowed([S.CANCELLED], list(CANCELLABLE_NOW))))
+        .values(
+            status=S.CANCELLED.value, finished_at=_NOW, updated_at=_NOW, cancel_requested_at=_NOW
+        )
+        .returning(Job)
+    )
+    if done is not None:
+        return done
+    # No status write: the worker's heartbeat sees the request and cancels the handler's
+    # context; the attempt's end then writes running -> cancelled.
+    return session.scalar(
+        update(Job)
+        .where(Job.id == job_id, Job.status == S.RUNNING.value)
+        .values(cancel_requested_at=text("coalesce(cancel_requested_at, now())"), updated_at=_NOW)
+        .returning(Job)
+        .execution_options(synchronize_session=False)
+    )
+
+
+def _requeue_selection(
+    ids: list[uuid.UUID] | None,
+    task: str | None,
+    failed_after: datetime | None,
+    failed_before: datetime | None,
+    dead_lettered_only: bool,
+    limit: int,
+) -> Select[Any]:
+    wanted = list(RETRYABLE_BY_USER) if ids else [S.FAILED]
+    stmt = select(Job.id).where(Job.status.in_(_allowed([S.QUEUED], wanted)))
+    if ids:
+        stmt = stmt.where(Job.id.in_(ids))
+    if task:
+        stmt = stmt.where(Job.task == task)
+    if failed_after:
+        stmt = stmt.where(Job.finished_at >= failed_after)
+    if failed_before:
+        stmt = stmt.where(Job.finished_at < failed_before)
+    if dead_lettered_only:
+        stmt = stmt.where(Job.dead_lettered_at.isnot(None))
+    return stmt.order_by(Job.finished_at).limit(limit).with_for_update(skip_locked=True)
+
+
+def requeue(
+    session: Session,
+    *,
+    ids: list[uuid.UUID] | None = None,
+    task: str | None = None,
+    failed_after: datetime | None = None,
+    failed_before: datetime | None = None,
+    dead_lettered_only: bool = False,
+    limit: int = 1000,
+) -> list[Row[Any]]:
+    """failed|cancelled -> queued as a fresh attempt series (retry, redrive); history kept.
+
+    Returns (id, status, trace_id, run_at, priority) per job, never whole rows: a redrive of
+    thousands of jobs must not load their payloads and results."""
+    chosen = _requeue_selection(ids, task, failed_after, failed_before, dead_lettered_only, limit)
+    stmt = (
+        update(Job)
+        .where(Job.id.in_(chosen.scalar_subquery()))
+        .values(
+            status=S.QUEUED.value,
+            attempts=0,
+            failures=0,
+            crashes=0,
+            redeliveries=0,
+            series=Job.series + 1,
+            result=None,
+            error=None,
+            started_at=None,
+            finished_at=None,
+            published_at=None,
+            lease_expires_at=None,
+            worker_id=None,
+            dead_lettered_at=None,
+            cancel_requested_at=None,
+            run_at=None,
+            updated_at=_NOW,
+        )
+        .returning(Job.id, Job.status, Job.trace_id, Job.run_at, Job.priority)
+        .execution_options(synchronize_session=False)
+    )
+    return list(session.execute(stmt).all())  # type: ignore[arg-type]

@@ -41,6 +41,15 @@ QUEUE_WAIT = Histogram(
     ["task"],
     buckets=DURATION_BUCKETS,
 )
+# Counted by the DLQ consumer as it settles (and deletes) each dead-lettered message: the DLQ
+# itself stays near empty, so its depth cannot tell how many jobs reached it.
+DLQ_ARRIVALS = Counter(
+    "jobq_dlq_arrivals_total", "Dead-lettered messages the DLQ consumer settled and deleted"
+)
+DLQ_REDELIVERED = Counter(
+    "jobq_dlq_redelivered_total",
+    "Dead-lettered jobs that had not finished, sent back to their queue by the DLQ consumer",
+)
 IN_FLIGHT = Gauge(
     "jobq_jobs_in_flight", "Jobs this worker is running now", multiprocess_mode="livesum"
 )

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import text
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, text
+from sqlalchemy.orm import Session, sessionmaker
 
+from app.db import translate_db_errors
 from app.errors import JobqError
-from app.queue import SqsQueue
+from app.sqs.queue import SqsQueue
 
 _DEPTH_ATTRIBUTES = {
     "visible": "ApproximateNumberOfMessages",
@@ -22,25 +23,35 @@ def queue_name(url: str) -> str:
     return url.rstrip("/").rsplit("/", 1)[-1]
 
 
-def queue_depths(sqs: SqsQueue) -> dict[str, Any]:
-    """Approximate message counts per queue and for the DLQ (None where SQS did not answer)."""
-    queues: dict[str, Any] = {}
-    for url in sqs.distinct_urls():
-        queues[queue_name(url)] = _depth(sqs, url)
-    dlq_url = sqs.dlq_url
-    return {"queues": queues, "dlq": _depth(sqs, dlq_url) if dlq_url else None}
+def probe_queues(sqs: SqsQueue) -> tuple[dict[str, Any], str]:
+    """Approximate message counts per queue and for the DLQ (None where SQS did not answer),
+    and "ok" or why the main queue did not answer (as the readiness check did: the others
+    only add depths).
+
+    After the first failure the other queues are not asked: an SQS that hangs would make each
+    of them wait for the client's timeout too.
+    """
+    queues: dict[str, Any] = {queue_name(url): None for url in sqs.distinct_urls()}
+    depths: dict[str, Any] = {"queues": queues, "dlq": None}
+    urls = [sqs.url] + [u for u in sqs.distinct_urls() if u != sqs.url]
+    for url in urls + ([sqs.dlq_url] if sqs.dlq_url else []):
+        try:
+            attrs = sqs.attributes(url)
+        except JobqError as exc:
+            return depths, exc.message if url == sqs.url else "ok"
+        depth = {key: int(attrs.get(name, 0)) for key, name in _DEPTH_ATTRIBUTES.items()}
+        if url == sqs.dlq_url:
+            depths["dlq"] = depth
+        else:
+            queues[queue_name(url)] = depth
+    return depths, "ok"
 
 
-def _depth(sqs: SqsQueue, url: str) -> dict[str, int] | None:
-    try:
-        attrs = sqs.attributes(url)
-    except JobqError:
-        return None
-    return {key: int(attrs.get(name, 0)) for key, name in _DEPTH_ATTRIBUTES.items()}
-
-
-def job_stats(session: Session, *, minutes: int = 15, failures: int = 10) -> dict[str, Any]:
-    """Counts by status and task, throughput per minute, oldest queued age, recent failures."""
+def job_stats(
+    session: Session, *, minutes: int = 15, failures: int = 10, error_max_chars: int = 4096
+) -> dict[str, Any]:
+    """Counts by status and task, throughput per minute, oldest queued age, recent failures
+    (errors cut to `error_max_chars` by PostgreSQL: a huge one is never loaded)."""
     rows_by_status = session.execute(text("SELECT status, count(*) FROM jobs GROUP BY 1")).all()
     by_status: dict[str, int] = {str(s): int(c) for s, c in rows_by_status}
     by_task: dict[str, dict[str, int]] = {}
@@ -62,10 +73,11 @@ def job_stats(session: Session, *, minutes: int = 15, failures: int = 10) -> dic
     finished = sum(sum(v.values()) for v in per_minute.values())
     recent = session.execute(
         text(
-            """SELECT id, task, error, attempts, finished_at, dead_lettered_at IS NOT NULL
+            """SELECT id, task, left(error, :chars), attempts, finished_at,
+                      dead_lettered_at IS NOT NULL, char_length(error) > :chars
                FROM jobs WHERE status = 'failed' ORDER BY finished_at DESC NULLS LAST LIMIT :n"""
         ),
-        {"n": failures},
+        {"n": failures, "chars": error_max_chars},
     ).all()
     return {
         "by_status": by_status,
@@ -85,31 +97,51 @@ def job_stats(session: Session, *, minutes: int = 15, failures: int = 10) -> dic
                 "attempts": r[3],
                 "finished_at": r[4].isoformat() if r[4] else None,
                 "dead_lettered": bool(r[5]),
+                "truncated_fields": ["error"] if r[6] else [],
             }
             for r in recent
         ],
     }
 
 
-def sampled_gauges(sqs: SqsQueue, session_factory: Any) -> dict[str, dict[tuple[str, ...], float]]:
-    """Values for the cached Prometheus gauges."""
-    depths = queue_depths(sqs)
+def snapshot(
+    sessions: sessionmaker[Session],
+    depths: dict[str, Any],
+    *,
+    minutes: int = 15,
+    failures: int = 10,
+    error_max_chars: int = 4096,
+) -> dict[str, Any]:
+    """What GET /stats and the dashboard's overview show: job stats plus queue depths (sampled
+    in the background: `depths` is the latest sample, with its age)."""
+    with translate_db_errors(), sessions() as session:
+        data = job_stats(
+            session, minutes=minutes, failures=failures, error_max_chars=error_max_chars
+        )
+    data.update(depths)
+    return data
+
+
+def sampled_gauges(
+    depths: dict[str, Any], oldest_age: float | None
+) -> dict[str, dict[tuple[str, ...], float]]:
+    """Values for the cached Prometheus gauges, from one background sample."""
     out: dict[str, dict[tuple[str, ...], float]] = {
         "jobq_queue_depth": {},
         "jobq_queue_in_flight_messages": {},
     }
-    for name, depth in depths["queues"].items():
+    for name, depth in depths.get("queues", {}).items():
         if depth is not None:
             out["jobq_queue_depth"][(name,)] = depth["visible"]
             out["jobq_queue_in_flight_messages"][(name,)] = depth["in_flight"]
-    if depths["dlq"] is not None:
+    if depths.get("dlq") is not None:
         out["jobq_dlq_depth"] = {(): depths["dlq"]["visible"]}
-    with session_factory() as session:
-        out["jobq_oldest_queued_job_age_seconds"] = {(): oldest_queued_age(session)}
+    if oldest_age is not None:
+        out["jobq_oldest_queued_job_age_seconds"] = {(): oldest_age}
     return out
 
 
-def oldest_queued_age(session: Session) -> float:
+def oldest_queued_age(session: Session | Connection) -> float:
     """Seconds the oldest queued job has waited since it became due."""
     age = session.execute(
         text(

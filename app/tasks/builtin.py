@@ -6,8 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.errors import RetryableError, TaskTimeout
-from app.tasks.registry import JobContext, task
+from jobq import JobContext, RetryableError, TaskTimeout, task
 
 
 class SleepPayload(BaseModel):

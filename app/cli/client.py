@@ -1,0 +1,115 @@
+"""`jobq submit|status|list|stats`: the API from a shell (JOBQ_API_URL), human or --json.
+
+Every command goes through the SDK (jobq.Client): typed errors, retries with backoff, and
+`submit --wait` long-polls instead of polling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from typing import Any
+
+import jobq
+from app.config import Settings
+from app.errors import JobqError
+
+# A shell user would rather hear that the API is down after a few seconds than after half a
+# minute of backoff.
+CLI_RETRIES = 3
+
+
+def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
+    """Arguments of each client command."""
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    if name == "submit":
+        parser.add_argument("task")
+        parser.add_argument("--payload", default="{}", help="JSON object")
+        parser.add_argument("--priority", choices=["high", "default", "low"])
+        parser.add_argument("--delay", type=int, dest="delay_seconds", help="seconds")
+        parser.add_argument("--idempotency-key")
+        parser.add_argument("--wait", action="store_true", help="wait for a final status")
+        parser.add_argument("--timeout", type=float, default=3600, help="--wait limit (s)")
+    elif name == "status":
+        parser.add_argument("id")
+    elif name == "list":
+        parser.add_argument("--status")
+        parser.add_argument("--task")
+        parser.add_argument("--limit", type=int, default=20)
+
+
+def _line(job: jobq.Job) -> str:
+    extra = job.error if job.status == jobq.JobStatus.FAILED else job.result
+    tail = "" if extra is None else f"  {extra if isinstance(extra, str) else json.dumps(extra)}"
+    return (
+        f"{job.id}  {job.task:<16} {job.status:<10} "
+        f"attempts {job.attempts}/{job.max_attempts}{tail}"
+    )
+
+
+def _emit(args: argparse.Namespace, data: Any, human: str) -> None:
+    print(json.dumps(data) if args.json else human)
+
+
+def _data(job: jobq.Job) -> dict[str, Any]:
+    return job.model_dump(mode="json")
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    """Run one client command; exit 1 when a waited-for job did not succeed."""
+    client = jobq.Client(settings.api_url, settings.api_key or None, max_retries=CLI_RETRIES)
+    try:
+        with client:
+            return _run(client, args)
+    except jobq.ApiError as exc:
+        raise JobqError(str(exc)) from exc
+
+
+def _run(client: jobq.Client, args: argparse.Namespace) -> int:
+    if args.command == "submit":
+        return _submit(client, args)
+    if args.command == "status":
+        job = client.get(args.id)
+        _emit(args, _data(job), _line(job))
+        return 0
+    if args.command == "list":
+        filters = {k: v for k in ("status", "task") if (v := getattr(args, k)) is not None}
+        page = list(itertools.islice(client.list(page_size=args.limit, **filters), args.limit))
+        _emit(args, {"items": [_data(j) for j in page]}, "\n".join(map(_line, page)) or "no jobs")
+        return 0
+    stats = client.stats()
+    depth = {name: (d or {}).get("visible") for name, d in stats["queues"].items()}
+    human = "\n".join(
+        [
+            "jobs:    " + ", ".join(f"{k} {v}" for k, v in sorted(stats["by_status"].items())),
+            f"queues:  {depth}  dlq: {(stats['dlq'] or {}).get('visible')}",
+            f"done:    {stats['throughput']['per_minute']}/min over "
+            f"{stats['throughput']['window_minutes']} min",
+            *[f"failed:  {f['id']} {f['task']}: {f['error']}" for f in stats["recent_failures"]],
+        ]
+    )
+    _emit(args, stats, human)
+    return 0
+
+
+def _submit(client: jobq.Client, args: argparse.Namespace) -> int:
+    try:
+        payload = json.loads(args.payload)
+    except ValueError as exc:
+        raise JobqError(f"--payload is not JSON: {exc}") from exc
+    if not isinstance(payload, dict):
+        raise JobqError("--payload must be a JSON object")
+    options = {
+        k: v
+        for k in ("priority", "delay_seconds", "idempotency_key")
+        if (v := getattr(args, k)) is not None
+    }
+    job = client.submit(args.task, payload, **options)
+    if args.wait and not job.final:
+        # Progress on stderr keeps stdout clean for --json.
+        print(f"{job.id}: {job.status} (attempt {job.attempts}); waiting", file=sys.stderr)
+        job = client.wait(job, timeout=args.timeout)
+    _emit(args, _data(job), _line(job))
+    return 0 if not args.wait or job.status == jobq.JobStatus.SUCCEEDED else 1

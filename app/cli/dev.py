@@ -1,0 +1,196 @@
+"""`jobq dev`: the whole stack on one machine, no Docker, no AWS account.
+
+Also the embedded PostgreSQL (pgserver) and in-process SQS server (moto) the tests use.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from app.config import Settings
+from app.db import masked_url
+from app.errors import JobqError
+from app.migrate import upgrade
+from app.sqs.queue import ensure_queues, make_sqs_client
+
+DEV_DLQ = "jobq-dlq"
+
+
+def start_postgres(data_dir: Path) -> tuple[str, Any]:
+    """Start (or reuse) an embedded PostgreSQL under data_dir; return its URL and handle."""
+    import pgserver  # local extra: not installed in production images
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = pgserver.get_server(str(data_dir), cleanup_mode="stop")
+    return server.get_uri(), server
+
+
+@dataclass
+class SqsServer:
+    """moto's SQS-compatible server on 127.0.0.1, started in this process."""
+
+    port: int = 0
+    _server: Any = field(default=None, repr=False)
+
+    @property
+    def endpoint(self) -> str:
+        """The http:// endpoint clients should use."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> SqsServer:
+        """Start serving; port 0 picks a free port."""
+        from moto.server import ThreadedMotoServer
+
+        if self.port and not port_is_free(self.port):
+            # moto's server would wait forever for a port it cannot bind.
+            raise JobqError(f"port {self.port} is in use; set JOBQ_DEV_SQS_PORT to another port")
+        # moto validates credentials loosely but boto3 insists on having some.
+        os.environ.setdefault("AWS_ACCESS_KEY_ID", "test")
+        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "test")
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self._server.start()
+        self.port = self._server._server.server_port  # the real port when 0 was asked
+        return self
+
+    def stop(self) -> None:
+        """Stop serving (moto keeps queue state in-process, so a restart keeps the queues)."""
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """True if nothing listens on host:port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _banner(env: dict[str, str], settings: Settings, embedded: list[str]) -> str:
+    api = f"http://{settings.host}:{settings.port}"
+    lines = [
+        "",
+        "jobq dev is running (Ctrl-C stops everything)",
+        f"  API       {api}",
+        f"  API docs  {api}/docs",
+        f"  readiness {api}/readyz",
+        f"  database  {masked_url(env['DATABASE_URL'])}",
+        f"  SQS       {env.get('SQS_ENDPOINT_URL') or 'AWS'}  queue {env['SQS_QUEUE_URL']}",
+        f"  embedded  {', '.join(embedded) or 'nothing (using the configured services)'}",
+        "  auth      "
+        + (
+            "OFF (JOBQ_AUTH=disabled): anyone who can reach the port may submit jobs"
+            if env.get("JOBQ_AUTH") == "disabled"
+            else "API keys required (JOBQ_API_KEYS / jobq keys)"
+        ),
+        f"  try:      curl -s -XPOST {api}/jobs -H 'content-type: application/json' "
+        '-d \'{"task":"echo","payload":{"hi":1}}\'',
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _prepare(
+    settings: Settings, data_dir: Path, handles: list[Any]
+) -> tuple[dict[str, str], list[str]]:
+    """Start what is not configured (appending to `handles`); return env and a summary."""
+    env = dict(os.environ)
+    embedded: list[str] = []
+    if not settings.database_url:
+        url, pg = start_postgres(data_dir / "pg")
+        handles.append(pg)
+        embedded.append("PostgreSQL (pgserver, data in .jobq/pg)")
+        env["DATABASE_URL"] = url
+    if not settings.sqs_queue_url:
+        port = int(os.environ.get("JOBQ_DEV_SQS_PORT", "9324"))
+        server = SqsServer(port=port).start()
+        handles.append(server)
+        embedded.append(f"SQS (moto server on 127.0.0.1:{server.port})")
+        env.update(
+            SQS_ENDPOINT_URL=server.endpoint,
+            AWS_ACCESS_KEY_ID=os.environ.get("AWS_ACCESS_KEY_ID", "test"),
+            AWS_SECRET_ACCESS_KEY=os.environ.get("AWS_SECRET_ACCESS_KEY", "test"),
+        )
+        client = make_sqs_client(settings.model_copy(update={"sqs_endpoint_url": server.endpoint}))
+        urls: dict[str, str] = {}
+        for priority in ("high", "default", "low"):
+            urls[priority], dlq = ensure_queues(
+                client,
+                f"jobq-{priority}",
+                DEV_DLQ,
+                max_receive_count=settings.max_attempts,
+                visibility_timeout=settings.visibility_timeout_seconds,
+            )
+        env.update(
+            SQS_QUEUE_URL=urls["default"],
+            SQS_HIGH_QUEUE_URL=urls["high"],
+            SQS_LOW_QUEUE_URL=urls["low"],
+            SQS_DLQ_URL=dlq,
+        )
+    env.setdefault("JOBQ_LOG_FORMAT", "console")
+    # Local development: no API keys unless asked for (the banner says so).
+    if not env.get("JOBQ_API_KEYS"):
+        env.setdefault("JOBQ_AUTH", "disabled")
+    # Shorter long polls make Ctrl-C quick: the worker waits for its last poll to return.
+    env.setdefault("JOBQ_SQS_WAIT_SECONDS", "5")
+    return env, embedded
+
+
+def _stop(handles: list[Any]) -> None:
+    for handle in reversed(handles):
+        try:
+            if isinstance(handle, SqsServer):
+                handle.stop()
+            else:
+                handle.cleanup()
+        except Exception as exc:  # noqa: BLE001 - best effort at shutdown
+            print(f"jobq dev: stopping {handle!r} failed: {exc}", file=sys.stderr)
+
+
+def run_dev(settings: Settings) -> int:
+    """Run until Ctrl-C; return non-zero if a child process died on its own."""
+    data_dir = Path(os.environ.get("JOBQ_DEV_DIR", ".jobq")).resolve()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    children: list[subprocess.Popen[bytes]] = []
+    handles: list[Any] = []
+    try:
+        env, embedded = _prepare(settings, data_dir, handles)
+        upgrade(env["DATABASE_URL"])
+        for command in ("api", "worker"):
+            children.append(subprocess.Popen([sys.executable, "-m", "app.cli", command], env=env))
+        print(_banner(env, settings, embedded), flush=True)
+        while not stop.wait(0.5):
+            dead = [c for c in children if c.poll() is not None]
+            if dead:
+                print(
+                    f"jobq dev: a child exited with {dead[0].returncode}; stopping", file=sys.stderr
+                )
+                return 1
+        return 0
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + settings.shutdown_grace_seconds + 5
+        for child in children:
+            try:
+                child.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+        _stop(handles)
+        print("jobq dev: stopped", flush=True)

@@ -1,0 +1,1 @@
+"""Periodic maintenance services (retention pruning, and later the reconciler and scheduler)."""

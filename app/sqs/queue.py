@@ -1,0 +1,330 @@
+"""SQS adapter: the only module that talks to boto3; it speaks job ids, not payloads."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from app.config import Settings
+from app.errors import QueueUnavailable
+from app.sqs.limits import MAX_BATCH, MAX_DELAY_SECONDS, MAX_VISIBILITY_TIMEOUT, MAX_WAIT_SECONDS
+
+TRACE_ATTRIBUTE = "trace_id"
+
+
+@contextmanager
+def translate_sqs_errors(action: str) -> Iterator[None]:
+    """Re-raise boto3/botocore failures as QueueUnavailable naming the action."""
+    try:
+        yield
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "ClientError")
+        raise QueueUnavailable(f"SQS {action} failed: {code}") from exc
+    except BotoCoreError as exc:
+        raise QueueUnavailable(f"SQS {action} failed: {exc}") from exc
+
+
+def make_sqs_client(
+    settings: Settings,
+    *,
+    read_timeout: float | None = None,
+    connect_timeout: float | None = None,
+    retries: int = 3,
+) -> Any:
+    """A boto3 SQS client; with an emulator endpoint and no credentials, dummy ones are used.
+
+    Every call has a connect and a read timeout: by default the read timeout covers a long
+    poll (the worker's); the API passes its shorter JOBQ_SQS_READ_TIMEOUT_SECONDS, and the
+    readiness probe a short one and no retries (botocore's max_attempts counts retries).
+    """
+    kwargs: dict[str, Any] = {"region_name": settings.aws_region}
+    if settings.sqs_endpoint_url:
+        kwargs["endpoint_url"] = settings.sqs_endpoint_url
+        if not os.environ.get("AWS_ACCESS_KEY_ID") and not os.environ.get("AWS_PROFILE"):
+            kwargs.update(aws_access_key_id="test", aws_secret_access_key="test")
+    kwargs["config"] = Config(
+        connect_timeout=connect_timeout or settings.sqs_connect_timeout_seconds,
+        # A long poll holds the connection open for up to WaitTimeSeconds.
+        read_timeout=read_timeout or (MAX_WAIT_SECONDS + 10),
+        retries={"mode": "standard", "max_attempts": retries},
+        max_pool_connections=32,
+    )
+    return boto3.client("sqs", **kwargs)
+
+
+@dataclass(frozen=True)
+class Message:
+    """A received SQS message, decoded."""
+
+    job_id: uuid.UUID | None
+    receipt_handle: str
+    message_id: str
+    receive_count: int
+    trace_id: str | None
+    queue_url: str
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A job id to publish, with optional trace context and delay."""
+
+    job_id: uuid.UUID
+    trace_id: str | None = None
+    delay_seconds: int = 0
+    priority: str = "default"
+
+
+def encode_body(job_id: uuid.UUID) -> str:
+    """The message body: only the job id, never the payload."""
+    return json.dumps({"job_id": str(job_id)})
+
+
+def decode_job_id(body: str) -> uuid.UUID | None:
+    """The job id in a message body, or None for a message that is not ours."""
+    try:
+        return uuid.UUID(str(json.loads(body)["job_id"]))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _entry(out: Outgoing, index: int) -> dict[str, Any]:
+    entry: dict[str, Any] = {"Id": str(index), "MessageBody": encode_body(out.job_id)}
+    if out.delay_seconds:
+        entry["DelaySeconds"] = max(0, min(int(out.delay_seconds), MAX_DELAY_SECONDS))
+    if out.trace_id:
+        entry["MessageAttributes"] = {
+            TRACE_ATTRIBUTE: {"DataType": "String", "StringValue": out.trace_id}
+        }
+    return entry
+
+
+def send_calls(
+    items: Sequence[Outgoing], url_for: Callable[[str], str]
+) -> list[tuple[str, list[Outgoing]]]:
+    """The SendMessageBatch calls that publish `items`: (queue URL, up to 10 items) each."""
+    by_url: dict[str, list[Outgoing]] = {}
+    for item in items:
+        by_url.setdefault(url_for(item.priority), []).append(item)
+    return [
+        (url, group[start : start + MAX_BATCH])
+        for url, group in by_url.items()
+        for start in range(0, len(group), MAX_BATCH)
+    ]
+
+
+class SqsQueue:
+    """One SQS queue (and optionally its dead-letter queue) seen through jobq's needs."""
+
+    def __init__(
+        self,
+        client: Any,
+        queue_url: str,
+        dlq_url: str = "",
+        priority_urls: dict[str, str] | None = None,
+    ) -> None:
+        self.client = client
+        self.url = queue_url
+        self.dlq_url = dlq_url
+        self.priority_urls = {p: u for p, u in (priority_urls or {}).items() if u} or {
+            "default": queue_url
+        }
+
+    def with_client(self, client: Any) -> SqsQueue:
+        """The same queues through another client (e.g. one with shorter timeouts)."""
+        clone = SqsQueue(client, self.url, self.dlq_url, self.priority_urls)
+        return clone
+
+    def url_for(self, priority: str) -> str:
+        """The queue that carries jobs of `priority`."""
+        return self.priority_urls.get(priority) or self.url
+
+    def distinct_urls(self) -> list[str]:
+        """Each queue once, in priority order (high, default, low)."""
+        urls: list[str] = []
+        for priority in ("high", "default", "low"):
+            url = self.url_for(priority)
+            if url not in urls:
+                urls.append(url)
+        return urls
+
+    def send_call(self, url: str, chunk: Sequence[Outgoing]) -> list[uuid.UUID]:
+        """One SendMessageBatch of up to 10 items to `url`; the ids SQS accepted."""
+        entries = [_entry(out, i) for i, out in enumerate(chunk)]
+        with translate_sqs_errors("SendMessageBatch"):
+            resp = self.client.send_message_batch(QueueUrl=url, Entries=entries)
+        return [chunk[int(ok["Id"])].job_id for ok in resp.get("Successful", [])]
+
+    def send_batch(self, items: Sequence[Outgoing]) -> list[uuid.UUID]:
+        """Publish with SendMessageBatch in chunks of 10 per queue; return the confirmed ids."""
+        confirmed: list[uuid.UUID] = []
+        for url, chunk in send_calls(items, self.url_for):
+            confirmed.extend(self.send_call(url, chunk))
+        return confirmed
+
+    def receive(
+        self, max_messages: int, wait_seconds: int, *, queue_url: str | None = None
+    ) -> list[Message]:
+        """Long-poll for up to `max_messages` (never more than 10)."""
+        url = queue_url or self.url
+        with translate_sqs_errors("ReceiveMessage"):
+            resp = self.client.receive_message(
+                QueueUrl=url,
+                MaxNumberOfMessages=max(1, min(max_messages, MAX_BATCH)),
+                WaitTimeSeconds=max(0, min(wait_seconds, MAX_WAIT_SECONDS)),
+                MessageSystemAttributeNames=["ApproximateReceiveCount"],
+                MessageAttributeNames=[TRACE_ATTRIBUTE],
+            )
+        return [_decode(raw, url) for raw in resp.get("Messages", [])]
+
+    def delete(self, message: Message) -> None:
+        """Delete a handled message."""
+        with translate_sqs_errors("DeleteMessage"):
+            self.client.delete_message(
+                QueueUrl=message.queue_url, ReceiptHandle=message.receipt_handle
+            )
+
+    def change_visibility(self, message: Message, seconds: float) -> None:
+        """Hide the message for `seconds` more (0 makes it visible at once)."""
+        with translate_sqs_errors("ChangeMessageVisibility"):
+            self.client.change_message_visibility(
+                QueueUrl=message.queue_url,
+                ReceiptHandle=message.receipt_handle,
+                VisibilityTimeout=clamp_visibility(seconds),
+            )
+
+    def change_visibility_batch(self, messages: Sequence[Message], seconds: float) -> None:
+        """Extend or release several messages at once (heartbeats, shutdown)."""
+        self.set_visibilities([(m, seconds) for m in messages])
+
+    def set_visibilities(self, items: Sequence[tuple[Message, float]]) -> int:
+        """Give each message its own visibility timeout, 10 per call; return how many failed."""
+        failed = 0
+        for url, chunk in _chunks_by_queue(items, lambda item: item[0]):
+            entries = [
+                {
+                    "Id": str(i),
+                    "ReceiptHandle": m.receipt_handle,
+                    "VisibilityTimeout": clamp_visibility(seconds),
+                }
+                for i, (m, seconds) in enumerate(chunk)
+            ]
+            with translate_sqs_errors("ChangeMessageVisibilityBatch"):
+                reply = self.client.change_message_visibility_batch(QueueUrl=url, Entries=entries)
+            failed += len(reply.get("Failed", []))
+        return failed
+
+    def delete_batch(self, messages: Sequence[Message]) -> int:
+        """Delete handled messages, 10 per call; return how many SQS refused (they reappear)."""
+        failed = 0
+        for url, chunk in _chunks_by_queue(messages, lambda m: m):
+            entries = [
+                {"Id": str(i), "ReceiptHandle": m.receipt_handle} for i, m in enumerate(chunk)
+            ]
+            with translate_sqs_errors("DeleteMessageBatch"):
+                reply = self.client.delete_message_batch(QueueUrl=url, Entries=entries)
+            failed += len(reply.get("Failed", []))
+        return failed
+
+    def attributes(self, queue_url: str | None = None) -> dict[str, str]:
+        """All attributes of the queue (depths, redrive policy, ...)."""
+        with translate_sqs_errors("GetQueueAttributes"):
+            resp = self.client.get_queue_attributes(
+                QueueUrl=queue_url or self.url, AttributeNames=["All"]
+            )
+        return dict(resp.get("Attributes", {}))
+
+    def redrive_policy(self, queue_url: str | None = None) -> dict[str, Any] | None:
+        """The queue's RedrivePolicy (main queue by default), or None when it has none."""
+        raw = self.attributes(queue_url).get("RedrivePolicy")
+        return json.loads(raw) if raw else None
+
+    def resolve_dlq_url(self) -> str:
+        """The dead-letter queue's URL: configured, or found through the RedrivePolicy."""
+        if self.dlq_url:
+            return self.dlq_url
+        policy = self.redrive_policy()
+        if not policy:
+            return ""
+        arn = str(policy["deadLetterTargetArn"])
+        _, _, _, _, account, name = arn.split(":", 5)
+        with translate_sqs_errors("GetQueueUrl"):
+            resp = self.client.get_queue_url(QueueName=name, QueueOwnerAWSAccountId=account)
+        self.dlq_url = str(resp["QueueUrl"])
+        return self.dlq_url
+
+    def ping(self) -> None:
+        """Raise QueueUnavailable unless the queue answers."""
+        with translate_sqs_errors("GetQueueAttributes"):
+            self.client.get_queue_attributes(
+                QueueUrl=self.url, AttributeNames=["ApproximateNumberOfMessages"]
+            )
+
+
+T = TypeVar("T")
+
+
+def _chunks_by_queue(
+    items: Sequence[T], message_of: Callable[[T], Message]
+) -> Iterator[tuple[str, list[T]]]:
+    """Items grouped by their message's queue URL, at most one SQS batch per chunk."""
+    by_queue: dict[str, list[T]] = {}
+    for item in items:
+        by_queue.setdefault(message_of(item).queue_url, []).append(item)
+    for url, group in by_queue.items():
+        for start in range(0, len(group), MAX_BATCH):
+            yield url, group[start : start + MAX_BATCH]
+
+
+def clamp_visibility(seconds: float) -> int:
+    """A visibility timeout SQS accepts: whole seconds in 0..12 h."""
+    return max(0, min(int(round(seconds)), MAX_VISIBILITY_TIMEOUT))
+
+
+def _decode(raw: dict[str, Any], queue_url: str) -> Message:
+    attrs = raw.get("Attributes", {})
+    trace = raw.get("MessageAttributes", {}).get(TRACE_ATTRIBUTE, {}).get("StringValue")
+    return Message(
+        job_id=decode_job_id(raw.get("Body", "")),
+        receipt_handle=raw["ReceiptHandle"],
+        message_id=raw.get("MessageId", ""),
+        receive_count=int(attrs.get("ApproximateReceiveCount", "1")),
+        trace_id=trace,
+        queue_url=queue_url,
+    )
+
+
+def ensure_queues(
+    client: Any,
+    name: str,
+    dlq_name: str,
+    *,
+    max_receive_count: int,
+    visibility_timeout: int = 30,
+) -> tuple[str, str]:
+    """Create (idempotently) queue `name` and its DLQ with a RedrivePolicy; return both URLs."""
+    with translate_sqs_errors("CreateQueue"):
+        dlq_url = client.create_queue(
+            QueueName=dlq_name, Attributes={"MessageRetentionPeriod": str(14 * 86400)}
+        )["QueueUrl"]
+        dlq_arn = client.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])[
+            "Attributes"
+        ]["QueueArn"]
+        policy = json.dumps(
+            {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(max_receive_count)}
+        )
+        url = client.create_queue(
+            QueueName=name,
+            Attributes={"VisibilityTimeout": str(visibility_timeout), "RedrivePolicy": policy},
+        )["QueueUrl"]
+        # create_queue on an existing queue keeps old attributes on some servers: set them.
+        client.set_queue_attributes(QueueUrl=url, Attributes={"RedrivePolicy": policy})
+    return url, dlq_url

@@ -1,0 +1,75 @@
+"""jobq's public surface: everything task authors and client code import.
+
+    from jobq import task, JobContext, PermanentError, Retry, Snooze      # writing tasks
+    from jobq import Client, AsyncClient, NotFound, WaitTimeout           # calling the API
+
+`app/` and `worker/` are the service's machinery behind it; import only `jobq`.
+Transactional enqueue (`jobq.enqueue`, a job inserted in your own database transaction) is
+planned (issue 16, part 3) and will be exported here.
+"""
+
+from app.errors import JobqError, PermanentError, Retry, RetryableError, Snooze, TaskTimeout
+from app.tasks.registry import JobContext, task
+from app.tasks.retry import Exponential, Fixed, Schedule
+from jobq.client import AsyncClient, Client
+from jobq.errors import (
+    ApiError,
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    RateLimited,
+    Unauthorized,
+    Unavailable,
+    Unreachable,
+    WaitTimeout,
+)
+from jobq.models import (
+    Attempt,
+    BatchItem,
+    BatchResult,
+    ItemError,
+    Job,
+    JobRequest,
+    JobStatus,
+    ListFilters,
+    SubmitOptions,
+)
+
+__all__ = [
+    # Writing tasks (run by the worker), and their retry schedules.
+    "Exponential",
+    "Fixed",
+    "Schedule",
+    "JobContext",
+    "JobqError",
+    "PermanentError",
+    "Retry",
+    "RetryableError",
+    "Snooze",
+    "TaskTimeout",
+    "task",
+    # Calling the API (jobq.client).
+    "AsyncClient",
+    "Client",
+    "Attempt",
+    "BatchItem",
+    "BatchResult",
+    "ItemError",
+    "Job",
+    "JobRequest",
+    "JobStatus",
+    "ListFilters",
+    "SubmitOptions",
+    # The client's errors (jobq.errors), all ApiError.
+    "ApiError",
+    "Conflict",
+    "Forbidden",
+    "InvalidInput",
+    "NotFound",
+    "RateLimited",
+    "Unauthorized",
+    "Unavailable",
+    "Unreachable",
+    "WaitTimeout",
+]
