@@ -1,7 +1,9 @@
 """Job metrics reach CloudWatch as Embedded Metric Format lines, and the alarms watch them.
 
 A real `jobq worker` (real PostgreSQL + the suite's SQS server) runs a job that fails three
-times and reaches the dead-letter queue; its stdout must then carry EMF lines that
+times, then settles a dead-letter message for it (as SQS moves one there after a crash loop;
+an exhausted job's own message is deleted, not dead-lettered); its stdout must then carry EMF
+lines that
 * validate against the EMF document structure (a JSON Schema written here from AWS's
   specification, plus its rule that every dimension and metric is a member of the root), and
 * feed the CloudFormation alarms on job metrics: same namespace, metric name and dimensions.
@@ -10,6 +12,7 @@ times and reaches the dead-letter queue; its stdout must then carry EMF lines th
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ import jsonschema
 
 from app.observability import metrics
 from app.observability.emf import EXPORTS, EmfExporter, cloudwatch_metrics
+from app.sqs.queue import encode_body, make_sqs_client
 from tests.helpers import start_worker_process, wait_for
 from tests.test_deploy import load_template
 
@@ -172,6 +176,14 @@ def test_worker_writes_emf_lines_for_failures_and_dlq_arrivals(
     )
     try:
         job = api.post("/jobs", json={"task": "fail", "payload": {"message": "boom"}}).json()
+        wait_for(
+            lambda: api.get(f"/jobs/{job['id']}").json()["status"] == "failed",
+            timeout=60,
+            what="the failing job to use up its attempts",
+        )
+        make_sqs_client(settings).send_message(
+            QueueUrl=settings.sqs_dlq_url, MessageBody=encode_body(uuid.UUID(job["id"]))
+        )
         wait_for(
             lambda: "jobq_dlq_arrivals_total" in log_path.read_text(),
             timeout=60,
