@@ -410,7 +410,7 @@ def test_compose_queues_exist_in_elasticmq_with_redrive(compose: dict[str, Any])
     conf = ELASTICMQ_CONF.read_text(encoding="utf-8")
     env = compose["services"]["worker"]["environment"]
     dlq_name = env["SQS_DLQ_URL"].rsplit("/", 1)[1]
-    max_attempts = int(env["JOBQ_MAX_ATTEMPTS"])
+    assert int(env["JOBQ_MAX_ATTEMPTS"]) == 10, "the default retry schedule's attempts"
     for var in ("SQS_QUEUE_URL", "SQS_HIGH_QUEUE_URL", "SQS_LOW_QUEUE_URL"):
         name = env[var].rsplit("/", 1)[1]
         block = re.search(rf'"?{re.escape(name)}"?\s*\{{(.*?)\n  \}}', conf, re.S)
@@ -418,7 +418,8 @@ def test_compose_queues_exist_in_elasticmq_with_redrive(compose: dict[str, Any])
         body = block.group(1)
         assert re.search(rf'deadLettersQueue\s*\{{[^}}]*name\s*=\s*"{dlq_name}"', body), name
         count = re.search(r"maxReceiveCount\s*=\s*(\d+)", body)
-        assert count and int(count.group(1)) == max_attempts, f"{name}: maxReceiveCount != attempts"
+        # The crash-loop guard, like the stack's default; attempts are counted by jobq.
+        assert count and int(count.group(1)) == 5, f"{name}: maxReceiveCount is not 5"
         assert re.search(r"defaultVisibilityTimeout\s*=\s*30 seconds", body), name
     assert re.search(rf'"?{re.escape(dlq_name)}"?\s*\{{', conf), "DLQ missing from elasticmq.conf"
     for service in compose["services"].values():
@@ -567,13 +568,19 @@ def test_builder_copies_exist_and_are_not_dockerignored() -> None:
 def test_template_wiring(template: dict[str, Any]) -> None:
     resources = template["Resources"]
     params = template["Parameters"]
-    assert params["MaxReceiveCount"]["Default"] == 3
+    assert params["MaxReceiveCount"]["Default"] == 5
+    assert params["MaxReceiveCount"]["MinValue"] >= 2, "a crashed job needs an isolated rerun"
+    assert params["MaxAttempts"]["Default"] == 10
 
     worker_td = resources["WorkerTaskDefinition"]["Properties"]["ContainerDefinitions"][0]
     env = {e["Name"]: e["Value"] for e in worker_td["Environment"]}
     assert worker_td["StopTimeout"] <= 120, "Fargate caps stopTimeout at 120 s"
     assert float(env["JOBQ_SHUTDOWN_GRACE_SECONDS"]) < worker_td["StopTimeout"]
-    assert env["JOBQ_MAX_ATTEMPTS"] == {"Ref": "MaxReceiveCount"}
+    assert env["JOBQ_MAX_ATTEMPTS"] == {"Ref": "MaxAttempts"}
+    api_td = resources["ApiTaskDefinition"]["Properties"]["ContainerDefinitions"][0]
+    api_env = {e["Name"]: e["Value"] for e in api_td["Environment"]}
+    assert api_env["JOBQ_MAX_ATTEMPTS"] == {"Ref": "MaxAttempts"}
+    assert api_env["JOBQ_FORWARDED_ALLOW_IPS"] == {"Ref": "ForwardedAllowIps"}
 
     for td in ("ApiTaskDefinition", "WorkerTaskDefinition"):
         props = resources[td]["Properties"]

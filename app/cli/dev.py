@@ -23,6 +23,8 @@ from app.migrate import upgrade
 from app.sqs.queue import ensure_queues, make_sqs_client
 
 DEV_DLQ = "jobq-dlq"
+# The crash-loop guard, as in infra/jobq.yaml; attempts are counted by jobq, not by SQS.
+DEV_MAX_RECEIVE_COUNT = 5
 
 
 def start_postgres(data_dir: Path) -> tuple[str, Any]:
@@ -131,7 +133,7 @@ def _prepare(
                 client,
                 f"jobq-{priority}",
                 DEV_DLQ,
-                max_receive_count=settings.max_attempts,
+                max_receive_count=DEV_MAX_RECEIVE_COUNT,
                 visibility_timeout=settings.visibility_timeout_seconds,
             )
         env.update(
