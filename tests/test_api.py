@@ -170,6 +170,20 @@ def test_health_readiness_and_docs(api: Any) -> None:
     assert {"/jobs", "/jobs/{job_id}", "/healthz", "/readyz"} <= set(paths)
 
 
+def test_error_schema_in_openapi_matches_what_is_sent(api: Any) -> None:
+    schemas = api.get("/openapi.json").json()["components"]["schemas"]
+    assert "details" in schemas["ErrorBody"]["properties"]
+    assert "job_id" in schemas["ErrorDetail"]["properties"]
+    resp = api.post("/jobs", json={"task": "echo", "priority": "urgent", "max_attempts": 0})
+    assert {d["field"] for d in resp.json()["details"]} == {"priority", "max_attempts"}
+
+
+def test_wrong_method_is_405_with_allow(api: Any) -> None:
+    resp = api.delete("/jobs")
+    assert resp.status_code == 405 and _error(resp)["code"] == "method_not_allowed"
+    assert {"GET", "POST"} <= {m.strip() for m in resp.headers["allow"].split(",")}
+
+
 def test_unknown_route_is_json_404(api: Any) -> None:
     resp = api.get("/nope")
     assert resp.status_code == 404 and _error(resp)["code"] == "not_found"

@@ -43,13 +43,16 @@ def test_same_key_same_request_returns_original(api: Any, db: Any) -> None:
     assert _one(db, "SELECT count(*) FROM jobs") == 1
 
 
-def test_same_key_different_request_is_409(api: Any) -> None:
-    api.post("/jobs", json={"task": "echo", "payload": {"n": 1}}, headers={"Idempotency-Key": "k"})
+def test_same_key_different_request_is_409_naming_the_first_job(api: Any) -> None:
+    first = api.post(
+        "/jobs", json={"task": "echo", "payload": {"n": 1}}, headers={"Idempotency-Key": "k"}
+    ).json()
     resp = api.post(
         "/jobs", json={"task": "echo", "payload": {"n": 2}}, headers={"Idempotency-Key": "k"}
     )
     assert resp.status_code == 409
     assert resp.json()["error"]["field"] == "idempotency_key"
+    assert resp.json()["error"]["job_id"] == first["id"]
 
 
 def test_concurrent_identical_requests_make_one_job(api: Any, db: Any) -> None:

@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from app.errors import DependencyUnavailable, JobqError
 
@@ -32,10 +33,15 @@ def error_response(
     message: str,
     field: str | None = None,
     headers: Mapping[str, str] | None = None,
+    about: Mapping[str, Any] | None = None,
     **extra: Any,
 ) -> JSONResponse:
-    """A JSON error body: {"error": {"code", "message", "field"}}."""
-    body: dict[str, Any] = {"error": {"code": code, "message": message, "field": field}}
+    """A JSON error body: {"error": {"code", "message", "field", **about}, **extra}."""
+    error: dict[str, Any] = {"code": code, "message": message, "field": field}
+    # What the error is about (e.g. the job a reused idempotency key belongs to), inside
+    # "error" so a client reads it from the same place as the code.
+    error.update({k: str(v) for k, v in (about or {}).items()})
+    body: dict[str, Any] = {"error": error}
     body.update(extra)
     headers = dict(headers or {})
     if status == 503:
@@ -76,7 +82,7 @@ def jobq_error_response(exc: JobqError) -> JSONResponse:
         log.warning("dependency unavailable: %s", exc.message)
     elif exc.status_code >= 500:
         log.error("jobq error: %s", exc.message)
-    return error_response(exc.status_code, exc.code, exc.message, exc.field)
+    return error_response(exc.status_code, exc.code, exc.message, exc.field, about=exc.details)
 
 
 async def _jobq(request: Request, exc: JobqError) -> JSONResponse:
@@ -93,7 +99,21 @@ async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     # 400 comes from FastAPI when the body cannot be parsed at all (e.g. nested too deep).
     field = "body" if exc.status_code in (400, 413) else None
     # Keep the exception's headers (405 carries Allow, as RFC 9110 requires).
-    return error_response(exc.status_code, code, str(exc.detail), field, headers=exc.headers)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:
+        headers["Allow"] = _allowed_methods(request) or headers.get("Allow", "")
+    return error_response(exc.status_code, code, str(exc.detail), field, headers=headers)
+
+
+def _allowed_methods(request: Request) -> str:
+    # Starlette names only the first route whose path matched, and one path has several
+    # routes here (the fast submit path and the list): take every method the API documents
+    # for this path. FastAPI caches the schema after its first build.
+    methods: set[str] = set()
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        if compile_path(template)[0].match(request.url.path):
+            methods |= {m.upper() for m in operations}
+    return ", ".join(sorted(methods))
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -23,6 +23,17 @@ class ErrorDetail(BaseModel):
     code: str
     message: str
     field: str | None = None
+    # The job the error is about, where there is one (409 on a reused idempotency key, or on
+    # cancel/retry refused by the job's status).
+    job_id: str | None = None
+
+
+class FieldProblem(BaseModel):
+    """One problem a 422 found in the request (all of them, not only the first)."""
+
+    field: str
+    message: str
+    type: str | None = None
 
 
 class JobCreate(BaseModel):
@@ -143,3 +154,5 @@ class ErrorBody(BaseModel):
     """Every 4xx/5xx response body."""
 
     error: ErrorDetail
+    # Only on 422s from request validation: every problem found, `error` being the first.
+    details: list[FieldProblem] | None = None

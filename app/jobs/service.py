@@ -345,7 +345,9 @@ class JobService:
         job = queries.view(session, job_id)
         if job is None:
             raise NotFound(f"job {job_id} not found", field="id")
-        raise Conflict(f"cannot {action} a job that is {job.status}", field="status")
+        raise Conflict(
+            f"cannot {action} a job that is {job.status}", field="status", job_id=str(job_id)
+        )
 
 
 def _outgoing(
