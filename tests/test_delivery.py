@@ -225,7 +225,7 @@ def test_leases_are_renewed_while_sqs_hangs(
         stuck = make_sqs_client(
             settings.model_copy(update={"sqs_endpoint_url": hole.endpoint}),
             read_timeout=60,
-            attempts=1,
+            retries=0,
         )
         worker.visibility._sqs = worker.sqs.with_client(stuck)  # its SQS calls now hang
         assert isinstance(worker.visibility._sqs, SqsQueue)
