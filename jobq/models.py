@@ -60,6 +60,8 @@ class Job(_Model):
     idempotency_key: str | None = None
     cancel_requested_at: datetime | None = None
     dead_lettered_at: datetime | None = None
+    # In list() results: fields too large to list, replaced by a marker (get() has them whole).
+    truncated_fields: list[str] = []
 
     @property
     def final(self) -> bool:
