@@ -42,10 +42,12 @@ def _relative(seconds: float) -> str:
     return f"{text} ago" if past else f"in {text}"
 
 
-def when(value: datetime | None) -> Markup:
+def when(value: datetime | str | None) -> Markup:
     """<time> with the relative time shown and the exact UTC instant on hover."""
-    if value is None:
+    if not value:
         return Markup("")
+    if isinstance(value, str):  # an ISO string from the stats snapshot
+        value = datetime.fromisoformat(value)
     exact = value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     ago = _relative((datetime.now(UTC) - value).total_seconds())
     return Markup(f'<time datetime="{value.isoformat()}" title="{exact}">{escape(ago)}</time>')

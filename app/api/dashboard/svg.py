@@ -49,11 +49,12 @@ def stacked_bars(
                     f'fill="{color}"/>'
                 )
         parts.append("</g>")
-    for i in (0, len(points) // 2, len(points) - 1) if points else ():
-        x = left + i * slot + slot / 2
+    ends = ((0, "start"), (len(points) // 2, "middle"), (len(points) - 1, "end"))
+    for i, anchor in ends if points else ():
+        x = left + i * slot + (0 if anchor == "start" else slot if anchor == "end" else slot / 2)
         label = escape(points[i]["at"].strftime(label_format))
         parts.append(
-            f'<text x="{_n(x)}" y="{height - 4}" text-anchor="middle" class="axis">{label}</text>'
+            f'<text x="{_n(x)}" y="{height - 4}" text-anchor="{anchor}" class="axis">{label}</text>'
         )
     parts.append("</svg>")
     return Markup("".join(parts))
@@ -76,6 +77,8 @@ def seconds(value: float | None) -> str:
     """1.2 ms / 340 ms / 2.5 s / 3.1 min / 2.0 h."""
     if value is None:
         return "—"
+    if value == 0:
+        return "0 s"
     if value < 1:
         return f"{value * 1000:.0f} ms" if value >= 0.01 else f"{value * 1000:.1f} ms"
     if value < 120:
