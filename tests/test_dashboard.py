@@ -77,7 +77,6 @@ def test_search_detail_traceback_and_bulk_retry(
     assert browser.find_element("id", "count-failed").text == "4"
     assert "can never work" in browser.find_element("id", "failures").text
     assert browser.find_elements("css selector", "#chart-minute svg rect")  # bars drawn
-    _shot(browser, tmp_path, "dashboard")
 
     # Search by typing into the form: the filters land in the URL.
     browser.get(f"{live_api}/dashboard/jobs")
@@ -174,7 +173,6 @@ def test_workers_queues_scheduled_and_charts_pages(
 
     browser.get(f"{live_api}/dashboard/charts")
     wait_for(lambda: "echo" in _text(browser, "#latency"), what="per-task percentiles")
-    _shot(browser, tmp_path, "dashboard-charts")
 
 
 def test_cross_origin_form_post_is_refused(
@@ -282,3 +280,62 @@ def test_dashboard_escapes_hostile_payloads_and_bounds_pages(api: Any) -> None:
         api.post("/jobs", json={"task": "echo", "payload": {"big": big}})
     listing = api.get("/dashboard/jobs")
     assert listing.status_code == 200 and len(listing.content) < 200_000  # 50 rows, fields cut
+
+
+SEED = """
+INSERT INTO jobs (id, task, status, payload, max_attempts, attempts, priority, error,
+                  created_at, started_at, finished_at, updated_at)
+SELECT gen_random_uuid(), t.task,
+       CASE WHEN g % t.fail_every = 0 THEN 'failed' ELSE 'succeeded' END, '{}', 3, 1,
+       (ARRAY['high', 'default', 'low'])[1 + g % 3],
+       CASE WHEN g % t.fail_every = 0 THEN t.error END,
+       at - make_interval(secs => t.wait * (1 + g % 5) + t.run), at - make_interval(secs => t.run),
+       at, at
+FROM (VALUES ('send_email', 7, 0.2, 0.9, 'SMTPServerDisconnected: Connection unexpectedly closed'),
+             ('resize_image', 23, 1.5, 4.0, 'PIL.UnidentifiedImageError: cannot identify image'),
+             ('sync_crm', 11, 0.05, 12.0, 'httpx.ReadTimeout: timed out after 10 s'))
+         AS t(task, fail_every, wait, run, error),
+     generate_series(1, 400) AS g,
+     LATERAL (SELECT now() - make_interval(secs => (g * 211 % 1320) * 60 * (1 + g % 2)
+                                                   / (1 + 23 * (g % 2))) AS at) AS a;
+INSERT INTO job_attempts (job_id, attempt, outcome, error, started_at, finished_at)
+SELECT id, 1, status, error, started_at - make_interval(secs => random() * 2),
+       finished_at FROM jobs WHERE task IN ('send_email', 'resize_image', 'sync_crm');
+INSERT INTO jobs (id, task, status, payload, max_attempts, created_at)
+VALUES ('00000000-0000-0000-0000-000000000001', 'exact', 'succeeded', '{}', 3,
+        now() - interval '5 min');
+INSERT INTO job_attempts (job_id, attempt, outcome, started_at, finished_at)
+SELECT '00000000-0000-0000-0000-000000000001', g, 'succeeded',
+       now() - interval '60 s' - make_interval(secs => g / 1000.0), now() - interval '60 s'
+FROM generate_series(1, 100) AS g;
+"""
+
+
+def test_charts_from_a_busy_day(
+    browser: Any, live_api: str, runtime: Any, db: Any, tmp_path: Path
+) -> None:
+    from app.observability import charts
+
+    with db.cursor() as cur:
+        cur.execute(SEED)
+    _submit(live_api, "echo", 5)  # a backlog: no worker runs
+    with runtime.sessions() as session:
+        minutes = charts.throughput(session, "minute")
+        hours = charts.throughput(session, "hour")
+        per_task = {t["task"]: t for t in charts.latency(session, hours=24)}
+    assert len(minutes) == 60 and len(hours) == 24
+    assert sum(p["ok"] + p["failed"] for p in hours) == 1300  # every seeded attempt
+    assert sum(p["failed"] for p in hours) == 400 // 7 + 400 // 23 + 400 // 11
+    assert sum(1 for p in hours if p["ok"]) > 12  # spread over the day
+    # 100 runs of 1..100 ms: percentile_cont's p50 and p95 exactly.
+    assert per_task["exact"]["attempts"] == 100
+    assert per_task["exact"]["run_p50"] == pytest.approx(0.0505)
+    assert per_task["exact"]["run_p95"] == pytest.approx(0.09505)
+    assert per_task["sync_crm"]["wait_p50"] == pytest.approx(0.15, abs=0.01)  # 0.05 x 1..5
+
+    browser.get(f"{live_api}/dashboard")
+    assert len(browser.find_elements("css selector", "#chart-hour svg rect")) > 20
+    _shot(browser, tmp_path, "dashboard")
+    browser.get(f"{live_api}/dashboard/charts?hours=24")
+    assert "resize_image" in _text(browser, "#latency")
+    _shot(browser, tmp_path, "dashboard-charts")
