@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 
@@ -60,11 +61,17 @@ class Presence(PeriodicLoop):
             )
         return None
 
-    def leave(self) -> None:
-        """Stop beating and mark the row stopped (best effort: a dead row says the same)."""
-        self.stop(timeout=2.0)
+    def leave(self, timeout: float = 1.0) -> None:
+        """Stop beating and mark the row stopped, waiting at most `timeout` s: shutdown must
+        fit its grace even with PostgreSQL down (the row then just looks dead later)."""
+        self.signal_stop()
+        done = threading.Thread(target=self._mark_stopped, name="jobq-presence-stop", daemon=True)
+        done.start()
+        done.join(timeout)
+
+    def _mark_stopped(self) -> None:
         try:
             with translate_db_errors(), self._sessions.begin() as session:
                 workers.stopped(session, self._worker_id)
-        except Exception as exc:  # shutdown goes on; the row will look dead instead
+        except Exception as exc:  # best effort, see leave()
             log.warning("could not mark worker stopped: %s", exc)

@@ -249,7 +249,8 @@ class Worker:
         self.completer.stop(max(1.0, deadline - time.monotonic()))
         for part in (self.heartbeat, self.visibility, self.watchdog, self.gate):
             part.signal_stop()
-        self.presence.leave()
+        # Marked stopped within what is left of the grace (a dead-looking row otherwise).
+        self.presence.leave(max(0.0, min(1.0, deadline - time.monotonic())))
         self.db.close()
         self.pool.signal_stop()
         self.executor.close()
