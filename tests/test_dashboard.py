@@ -301,6 +301,8 @@ FROM (VALUES ('send_email', 7, 0.2, 0.9, 'SMTPServerDisconnected: Connection une
 INSERT INTO job_attempts (job_id, attempt, outcome, error, started_at, finished_at)
 SELECT id, 1, status, error, started_at - make_interval(secs => random() * 2),
        finished_at FROM jobs WHERE task IN ('send_email', 'resize_image', 'sync_crm');
+UPDATE jobs SET dead_lettered_at = finished_at, attempts = 3
+WHERE status = 'failed' AND task = 'resize_image';
 INSERT INTO jobs (id, task, status, payload, max_attempts, created_at)
 VALUES ('00000000-0000-0000-0000-000000000001', 'exact', 'succeeded', '{}', 3,
         now() - interval '5 min');
@@ -339,3 +341,8 @@ def test_charts_from_a_busy_day(
     browser.get(f"{live_api}/dashboard/charts?hours=24")
     assert "resize_image" in _text(browser, "#latency")
     _shot(browser, tmp_path, "dashboard-charts")
+    browser.get(f"{live_api}/dashboard/dlq")
+    rows = browser.find_elements("css selector", "#jobs tr[data-job]")
+    assert len(rows) == 400 // 23 and all("resize_image" in r.text for r in rows)
+    assert browser.find_element("id", "bulk-redrive").text == f"Redrive from DLQ {400 // 23}"
+    _shot(browser, tmp_path, "dashboard-dlq")
