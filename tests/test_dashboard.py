@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from tests.browser import chromium
 from tests.helpers import ROOT, serve, wait_for
@@ -275,6 +276,16 @@ def test_dashboard_escapes_hostile_payloads_and_bounds_pages(api: Any) -> None:
     assert api.get("/dashboard/jobs?status=bogus&task=%27%22").status_code == 200
     assert "status" in api.get("/dashboard/jobs?status=bogus").text  # the field is named
     assert "created_after" in api.get("/dashboard/jobs?created_after=yesterday").text
+    with api.app.state.runtime.sessions.begin() as session:  # a 1 MB traceback (old rows)
+        session.execute(
+            text(
+                "INSERT INTO job_attempts (job_id, attempt, outcome, traceback) "
+                "VALUES (:id, 1, 'failed', repeat('t', 1000000))"
+            ),
+            {"id": job.json()["id"]},
+        )
+    detail = api.get(f"/dashboard/jobs/{job.json()['id']}")
+    assert detail.status_code == 200 and len(detail.content) < 100_000  # cut at 64 KiB
     big = "e" * 60_000
     for _ in range(60):
         api.post("/jobs", json={"task": "echo", "payload": {"big": big}})

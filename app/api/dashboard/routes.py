@@ -57,12 +57,16 @@ def job_detail(job_id: uuid.UUID, request: Request) -> HTMLResponse:
     job = service.get(job_id, max_chars=DETAIL_CHARS)
     attempts = service.attempts(job_id, newest=ATTEMPTS_SHOWN, traceback_chars=DETAIL_CHARS)
     status = JobStatus(job.status)
+    # Due at run_at (a delay) unless that is a later retry's; else at creation.
+    first_run = job.started_at
+    due = job.run_at if job.run_at and first_run and job.run_at <= first_run else job.created_at
     return page(
         request,
         "job.html",
         job=job,
         attempts=attempts,
         attempts_shown=ATTEMPTS_SHOWN,
+        due=due,
         can_retry=status in RETRYABLE_BY_USER,
         can_cancel=status in CANCELLABLE_NOW | {JobStatus.RUNNING},
         can_run_now=status is JobStatus.SCHEDULED,
