@@ -77,6 +77,8 @@ class Settings(BaseSettings):
     sqs_wait_seconds: int = Field(MAX_WAIT_SECONDS, ge=0, le=MAX_WAIT_SECONDS)
     visibility_timeout_seconds: int = Field(30, ge=5, le=MAX_VISIBILITY_TIMEOUT)
     heartbeat_seconds: float | None = Field(None, gt=0)
+    # How often a worker refreshes its row in the workers table (the dashboard's workers view).
+    worker_presence_seconds: float = Field(10.0, gt=0)
     # The default retry schedule (a task may declare its own): base·2^(n-1) before the nth
     # retry, capped, ±jitter. 10 attempts wait 1.1-1.9 h in all: they ride out an hour's outage.
     backoff_base_seconds: float = Field(15.0, ge=0)

@@ -46,6 +46,13 @@ class Conflict(JobqError):
     code = "conflict"
 
 
+class Forbidden(JobqError):
+    """The caller may not do this (a read-only key, a cross-site form)."""
+
+    status_code = 403
+    code = "forbidden"
+
+
 class DependencyUnavailable(JobqError):
     """PostgreSQL or SQS cannot be reached; the caller may retry."""
 

@@ -107,3 +107,14 @@ def test_redoc_lists_every_operation_offline(offline_browser: Any, live_api: str
         what="ReDoc to render every operation",
     )
     assert "Submit Job" in text and "/jobs/{job_id}/retry" in text
+
+
+def test_dashboard_scripts_load_offline(offline_browser: Any, live_api: str) -> None:
+    """The dashboard's only script (htmx) comes from the package: it runs with no internet."""
+    offline_browser.get(f"{live_api}/dashboard/jobs")
+    wait_for(
+        lambda: offline_browser.execute_script("return typeof window.htmx") == "object",
+        what="htmx to load from the API",
+    )
+    scripts = offline_browser.execute_script("return Array.from(document.scripts).map(s => s.src)")
+    assert scripts and all(s.startswith(live_api) for s in scripts), scripts

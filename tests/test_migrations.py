@@ -9,7 +9,7 @@ from sqlalchemy import create_engine, inspect
 
 from app.auth import models as auth_models  # noqa: F401 - registers tables
 from app.db import Base, normalize_url
-from app.jobs import models  # noqa: F401
+from app.jobs import models, workers  # noqa: F401
 from app.migrate import alembic_config, upgrade
 from tests.conftest import create_database, drop_database
 

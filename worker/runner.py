@@ -30,6 +30,7 @@ from worker.executor import Executor, Limits, Outcome
 from worker.gate import DatabaseGate
 from worker.heartbeat import Heartbeat, LeaseWatchdog, VisibilityKeeper
 from worker.inflight import InFlight
+from worker.presence import Presence
 
 log = logging.getLogger("jobq.worker")
 
@@ -122,14 +123,19 @@ class Worker:
         self.visibility = VisibilityKeeper(
             self.inflight,
             self.sqs.with_client(
-                make_sqs_client(
-                    s, read_timeout=HEARTBEAT_SQS_TIMEOUT, connect_timeout=2, retries=1
-                )
+                make_sqs_client(s, read_timeout=HEARTBEAT_SQS_TIMEOUT, connect_timeout=2, retries=1)
             ),
             interval=beat,
             visibility=lease,
         )
         self.watchdog = LeaseWatchdog(self.inflight, lease=lease, margin=self.limits.lease_margin)
+        self.presence = Presence(
+            runtime.sessions,
+            self.worker_id,
+            concurrency=s.worker_concurrency,
+            running=self.inflight.held,
+            interval=s.worker_presence_seconds,
+        )
         self.dlq: DeadLetterConsumer | None = None
         self.max_receive_count: int | None = None
 
@@ -145,6 +151,7 @@ class Worker:
         """Start polling and heartbeats; queue checks and the DLQ consumer wait for SQS."""
         for part in (self.pool, self.heartbeat, self.visibility, self.watchdog, self.gate):
             part.start()
+        self.presence.start()
         self.completer.start()
         self.consumer.start()
         # SQS may be unreachable right now: that must not stop the worker from starting.
@@ -242,6 +249,8 @@ class Worker:
         self.completer.stop(max(1.0, deadline - time.monotonic()))
         for part in (self.heartbeat, self.visibility, self.watchdog, self.gate):
             part.signal_stop()
+        # Marked stopped within what is left of the grace (a dead-looking row otherwise).
+        self.presence.leave(max(0.0, min(1.0, deadline - time.monotonic())))
         self.db.close()
         self.pool.signal_stop()
         self.executor.close()

@@ -169,6 +169,17 @@ def claim_due_scheduled(session: Session, *, limit: int) -> list[Outgoing]:
     return [Outgoing(r[0], r[1], int(r[3] or 0), r[2]) for r in session.execute(stmt).all()]
 
 
+def make_due(session: Session, job_id: uuid.UUID) -> bool:
+    """A scheduled job's run_at becomes now (no status write: the dispatcher promotes it)."""
+    stmt = (
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.SCHEDULED.value)
+        .values(run_at=text("now()"), updated_at=text("now()"))
+        .returning(Job.id)
+    )
+    return session.execute(stmt).first() is not None
+
+
 def prune_finished(session: Session, *, older_than_days: float, limit: int) -> int:
     """Delete up to `limit` finished jobs (and their attempts) older than the retention."""
     doomed = (

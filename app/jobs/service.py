@@ -19,7 +19,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from app.config import Settings
 from app.db import HeldConnections, translate_db_errors
 from app.errors import Conflict, InvalidInput, JobqError, NotFound
-from app.jobs import queries, transitions, views
+from app.jobs import bulk, queries, transitions, views
+from app.jobs.filters import JobFilter
 from app.jobs.models import Job
 from app.jobs.notify import FinalListener, listen_connection
 from app.jobs.schemas import AttemptOut, JobCreate, JobOut, RedriveRequest
@@ -254,11 +255,12 @@ class JobService:
 
     # -- read -------------------------------------------------------------------------------
 
-    def get(self, job_id: uuid.UUID) -> JobOut:
-        """The job (a field beyond every accepted size cut: views.Caps.for_one_job), or
-        NotFound."""
+    def get(self, job_id: uuid.UUID, *, max_chars: int | None = None) -> JobOut:
+        """The job (a field beyond every accepted size cut: views.Caps.for_one_job; beyond
+        `max_chars` if given, for a page), or NotFound."""
+        caps = self._one_caps if max_chars is None else views.Caps(max_chars, max_chars, max_chars)
         with translate_db_errors(), self._sessions() as session:
-            job = views.one_job(session, job_id, self._one_caps)
+            job = views.one_job(session, job_id, caps)
         if job is None:
             raise NotFound(f"job {job_id} not found", field="id")
         return job
@@ -286,13 +288,18 @@ class JobService:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(ended, remaining)
 
-    def attempts(self, job_id: uuid.UUID) -> Sequence[AttemptOut]:
-        """The attempt history of an existing job."""
+    def attempts(
+        self, job_id: uuid.UUID, *, newest: int | None = None, traceback_chars: int | None = None
+    ) -> Sequence[AttemptOut]:
+        """The attempt history of an existing job (only the `newest` if given)."""
         with translate_db_errors(), self._sessions() as session:
             # queries.view reads a few columns: never a job's (possibly large) result.
             if queries.view(session, job_id) is None:
                 raise NotFound(f"job {job_id} not found", field="id")
-            return views.attempts(session, job_id, self._one_caps.error_chars)
+            chars = self._one_caps.error_chars
+            return views.attempts(
+                session, job_id, chars, newest=newest, traceback_chars=traceback_chars
+            )
 
     def find(self, *, limit: int = 50, **filters: Any) -> tuple[list[JobOut], str | None]:
         """A newest-first page of jobs (large fields cut: views.Caps.for_lists) and the
@@ -303,6 +310,30 @@ class JobService:
         defaults = {"status": None, "task": None, "cursor": None}
         with translate_db_errors(), self._sessions() as session:
             return views.list_page(session, self._list_caps, limit=limit, **{**defaults, **filters})
+
+    def search(
+        self, search: JobFilter, *, limit: int, cursor: str | None = None
+    ) -> tuple[list[JobOut], str | None]:
+        """find() for a dashboard search (every JobFilter field)."""
+        with translate_db_errors(), self._sessions() as session:
+            return views.search_page(session, self._list_caps, search, limit=limit, cursor=cursor)
+
+    def count(self, search: JobFilter, *, up_to: int, action: str | None = None) -> int:
+        """Jobs matching `search` (those `action` applies to, if given), counted up to `up_to`."""
+        with translate_db_errors(), self._sessions() as session:
+            if action is None:
+                return views.count_matching(session, search, up_to=up_to)
+            return bulk.count(session, action, search, up_to=up_to)
+
+    def bulk(self, action: str, search: JobFilter, *, actor: str, limit: int) -> bulk.BulkResult:
+        """Retry, cancel or redrive up to `limit` jobs matching `search` (audited)."""
+        return bulk.run(self._sessions, self._publish, action, search, actor=actor, limit=limit)
+
+    def run_now(self, job_id: uuid.UUID) -> None:
+        """Make a scheduled job due now (the dispatcher sends it on its next pass)."""
+        with translate_db_errors(), self._sessions.begin() as session:
+            if not queries.make_due(session, job_id):
+                self._explain_refusal(session, job_id, "run now")
 
     # -- operations -------------------------------------------------------------------------
 

@@ -345,6 +345,31 @@ def cancel(session: Session, job_id: uuid.UUID) -> Job | None:
     )
 
 
+_CANCEL_NOW = _from(list(CANCELLABLE_NOW), S.CANCELLED)
+_CANCEL_MANY = text(
+    f"""WITH now_cancelled AS (
+            UPDATE jobs SET status = 'cancelled', finished_at = now(), updated_at = now(),
+                            cancel_requested_at = now()
+            WHERE id = ANY(CAST(:ids AS uuid[])) AND status IN {_CANCEL_NOW}
+            RETURNING id
+        ), requested AS (
+            -- Running: a request the worker's heartbeat passes on (no status write here).
+            UPDATE jobs SET cancel_requested_at = coalesce(cancel_requested_at, now()),
+                            updated_at = now()
+            WHERE id = ANY(CAST(:ids AS uuid[])) AND status = 'running'
+            RETURNING id
+        )
+        SELECT id FROM now_cancelled UNION ALL SELECT id FROM requested"""
+)
+
+
+def cancel_many(session: Session, job_ids: Sequence[uuid.UUID]) -> int:
+    """cancel() for many jobs in one statement; how many were cancelled or asked to stop."""
+    if not job_ids:
+        return 0
+    return len(session.execute(_CANCEL_MANY, {"ids": [str(i) for i in job_ids]}).all())
+
+
 def _requeue_selection(
     ids: list[uuid.UUID] | None,
     task: str | None,

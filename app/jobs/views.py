@@ -39,6 +39,7 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.errors import InvalidInput
+from app.jobs.filters import JobFilter
 from app.jobs.models import Job, JobAttempt
 from app.jobs.schemas import AttemptOut, JobOut
 from app.jobs.states import JobStatus
@@ -166,9 +167,36 @@ def list_page(
         conditions.append(JOBS.c.created_at < created_before)
     if idempotency_key is not None:
         conditions.append(JOBS.c.idempotency_key == idempotency_key)
+    return _page_where(session, caps, conditions, limit=limit, cursor=cursor)
+
+
+def search_page(
+    session: Session, caps: Caps, search: JobFilter, *, limit: int, cursor: str | None
+) -> tuple[list[JobOut], str | None]:
+    """list_page for a dashboard search (every JobFilter field)."""
+    return _page_where(session, caps, search.conditions(), limit=limit, cursor=cursor)
+
+
+def count_matching(session: Session, search: JobFilter, *, up_to: int) -> int:
+    """How many jobs match, counting no further than `up_to` (a bounded scan)."""
+    ids = select(JOBS.c.id).where(and_(true(), *search.conditions())).limit(up_to).subquery()
+    return int(session.execute(select(func.count()).select_from(ids)).scalar_one())
+
+
+def _page_where(
+    session: Session,
+    caps: Caps,
+    conditions: list[ColumnElement[bool]],
+    *,
+    limit: int,
+    cursor: str | None,
+) -> tuple[list[JobOut], str | None]:
     if cursor:
         created, job_id = decode_cursor(cursor)
-        conditions.append(tuple_(JOBS.c.created_at, JOBS.c.id) < tuple_(created, job_id))
+        conditions = [
+            *conditions,
+            tuple_(JOBS.c.created_at, JOBS.c.id) < tuple_(created, job_id),
+        ]
     page = (
         select(JOBS.c.id)
         .where(and_(true(), *conditions))
@@ -182,22 +210,32 @@ def list_page(
     return items, None
 
 
-def attempts(session: Session, job_id: uuid.UUID, error_chars: int) -> Sequence[AttemptOut]:
-    """Every recorded attempt of a job, oldest first, errors cut to `error_chars`."""
+def attempts(
+    session: Session,
+    job_id: uuid.UUID,
+    error_chars: int,
+    *,
+    newest: int | None = None,
+    traceback_chars: int | None = None,
+) -> Sequence[AttemptOut]:
+    """Every recorded attempt of a job (or its `newest`), oldest first, errors cut to
+    `error_chars` and tracebacks to `traceback_chars`."""
     a = ATTEMPTS
-    rows = session.execute(
+    tb_chars = min(traceback_chars or TRACEBACK_MAX_CHARS, TRACEBACK_MAX_CHARS)
+    stmt = (
         select(
             a.c.attempt,
             a.c.series,
             a.c.outcome,
             func.left(a.c.error, error_chars).label("error"),
             # Stored already capped by the worker (JOBQ_MAX_TRACEBACK_BYTES).
-            func.left(a.c.traceback, TRACEBACK_MAX_CHARS).label("traceback"),
+            func.left(a.c.traceback, tb_chars).label("traceback"),
             a.c.worker_id,
             a.c.started_at,
             a.c.finished_at,
         )
         .where(a.c.job_id == job_id)
-        .order_by(a.c.id)
+        .order_by(a.c.id.desc())
+        .limit(newest)
     )
-    return [AttemptOut.model_validate(row) for row in rows]
+    return [AttemptOut.model_validate(row) for row in reversed(session.execute(stmt).all())]

@@ -150,3 +150,29 @@ def oldest_queued_age(session: Session | Connection) -> float:
         )
     ).scalar_one()
     return max(0.0, float(age or 0))
+
+
+_BY_QUEUE = text(
+    """SELECT priority,
+              count(*) FILTER (WHERE status = 'queued') AS queued,
+              count(*) FILTER (WHERE status = 'running') AS running,
+              count(*) FILTER (WHERE status = 'retrying') AS retrying,
+              count(*) FILTER (WHERE status = 'scheduled') AS scheduled,
+              extract(epoch FROM now() - min(greatest(updated_at, run_at))
+                                      FILTER (WHERE status = 'queued')) AS oldest
+       FROM jobs WHERE status IN ('queued', 'running', 'retrying', 'scheduled')
+       GROUP BY priority"""
+)
+
+
+def unfinished_by_priority(session: Session) -> dict[str, dict[str, Any]]:
+    """priority -> unfinished jobs by status and the oldest queued job's age (seconds)."""
+    out: dict[str, dict[str, Any]] = {}
+    for row in session.execute(_BY_QUEUE).mappings():
+        values = dict(row)
+        oldest = values.pop("oldest")
+        out[str(values.pop("priority"))] = {
+            **{k: int(v) for k, v in values.items()},
+            "oldest_age_seconds": max(0.0, float(oldest)) if oldest is not None else None,
+        }
+    return out

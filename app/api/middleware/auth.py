@@ -76,6 +76,9 @@ class ApiKeyAuth:
                     403, "forbidden", f"key {principal.name!r} is read-only", "Authorization"
                 )
             who = f"key:{principal.name}"
+            # request.state.principal: the dashboard shows actions to submit keys only and
+            # names the key in its audit log.
+            scope.setdefault("state", {})["principal"] = principal
         if self.limiter is not None and method == "POST" and path in SUBMIT_PATHS:
             wait = self.limiter.take(who)
             if wait > 0:
