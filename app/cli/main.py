@@ -116,15 +116,17 @@ def _run_loop(loops: Sequence[BackgroundLoop]) -> int:
 
 
 def cmd_dispatcher(settings: Settings, args: argparse.Namespace) -> int:
-    """Only the dispatcher and retention (the API also runs them in-process)."""
+    """Only the dispatcher, retention and the schedule ticker (the API also runs them)."""
     from app.maintenance.retention import Retention
     from app.outbox.dispatcher import build_dispatcher
     from app.runtime import build_runtime
+    from app.schedules.ticker import build_ticker
 
     runtime = build_runtime(settings, pool_size=2)
     loops = [
         build_dispatcher(runtime, settings),
         Retention(runtime.sessions, retention_days=settings.retention_days),
+        build_ticker(runtime, settings),
     ]
     return _run_loop(loops)
 
