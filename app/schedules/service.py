@@ -81,8 +81,9 @@ class ScheduleService:
                 changes["cron"] = None
             merged = {f: changes.get(f, getattr(row, f)) for f in (*_RULE_FIELDS, "task")}
             rule = Rule.parse(merged["cron"], merged["interval_seconds"], merged["timezone"])
-            payload = changes.get("payload")
-            self._check_job(merged["task"], row.payload if payload is None else payload)
+            if changes.get("task") is not None or changes.get("payload") is not None:
+                payload = changes.get("payload")
+                self._check_job(merged["task"], row.payload if payload is None else payload)
             moved = any(f in changes for f in _RULE_FIELDS) or (
                 changes.get("enabled") is True and not row.enabled
             )
