@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Request, Response, status
 
 from app.jobs.schemas import ErrorBody
+from app.jobs.validation import SafeStr
 from app.schedules.schemas import ScheduleCreate, ScheduleList, ScheduleOut, ScheduleUpdate
 from app.schedules.service import ScheduleService
 
@@ -14,7 +15,7 @@ router = APIRouter(tags=["schedules"])
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (400, 404, 409, 422, 503)
 }
-Ref = Annotated[str, Path(min_length=1, max_length=200, description="the schedule's name or id")]
+Ref = Annotated[SafeStr, Path(min_length=1, max_length=200, description="the schedule's name or id")]
 
 
 def _service(request: Request) -> ScheduleService:
