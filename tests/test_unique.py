@@ -88,3 +88,14 @@ def test_unique_keys_in_a_batch_and_with_idempotency_keys(api: Any) -> None:
 def test_unique_window_needs_a_key(api: Any) -> None:
     bad = api.post("/jobs", json={"task": "echo", "unique_for_seconds": 10})
     assert bad.status_code == 422 and bad.json()["error"]["field"] == "unique_for_seconds"
+
+
+def test_retrying_a_job_whose_key_is_taken_is_a_conflict(api: Any, db: Any) -> None:
+    first = api.post("/jobs", json={"task": "echo", "unique_key": "r"}).json()
+    with db.cursor() as cur:
+        cur.execute(
+            "UPDATE jobs SET status = 'failed', finished_at = now() WHERE id = %s", (first["id"],)
+        )
+    assert api.post("/jobs", json={"task": "echo", "unique_key": "r"}).status_code == 201
+    refused = api.post(f"/jobs/{first['id']}/retry")
+    assert refused.status_code == 409 and refused.json()["error"]["field"] == "unique_key"

@@ -189,6 +189,12 @@ COMMANDS: dict[str, tuple[Callable[[Settings, argparse.Namespace], int], str]] =
     "status": (cmd_client, "show one job: status ID"),
     "list": (cmd_client, "list jobs: list [--status S] [--task T] [--limit N]"),
     "stats": (cmd_client, "counts, queue depths, throughput and recent failures"),
+    "schedules": (
+        cmd_client,
+        "cron schedules: schedules list | show NAME | create NAME TASK --cron EXPR "
+        "| enable NAME | disable NAME | delete NAME",
+    ),
+    "workflow": (cmd_client, "show a workflow's jobs and status: workflow ID [--cancel]"),
 }
 
 

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio.to_thread
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
@@ -375,10 +376,16 @@ class JobService:
 
     def retry(self, job_id: uuid.UUID) -> JobOut:
         """Re-enqueue a failed or cancelled job as a new attempt series (history kept)."""
-        with translate_db_errors(), self._sessions.begin() as session:
-            jobs = transitions.requeue(session, ids=[job_id])
-            if not jobs:
-                self._explain_refusal(session, job_id, "retry")
+        try:
+            with translate_db_errors(), self._sessions.begin() as session:
+                jobs = transitions.requeue(session, ids=[job_id])
+                if not jobs:
+                    self._explain_refusal(session, job_id, "retry")
+        except IntegrityError as exc:
+            # Unfinished again, it would hold its unique_key while another job holds it.
+            raise Conflict(
+                "another unfinished job holds this job's unique_key", field="unique_key"
+            ) from exc
         self._publish(jobs)
         return self.get(job_id)
 
@@ -386,15 +393,22 @@ class JobService:
         """Re-enqueue failed jobs in bulk by filter; return them."""
         if req.failed_after and req.failed_before and req.failed_after >= req.failed_before:
             raise InvalidInput("failed_after must be before failed_before", field="failed_after")
-        with translate_db_errors(), self._sessions.begin() as session:
-            jobs = transitions.requeue(
-                session,
-                task=req.task,
-                failed_after=req.failed_after,
-                failed_before=req.failed_before,
-                dead_lettered_only=req.dead_lettered_only,
-                limit=req.limit,
-            )
+        try:
+            with translate_db_errors(), self._sessions.begin() as session:
+                jobs = transitions.requeue(
+                    session,
+                    task=req.task,
+                    failed_after=req.failed_after,
+                    failed_before=req.failed_before,
+                    dead_lettered_only=req.dead_lettered_only,
+                    limit=req.limit,
+                )
+        except IntegrityError as exc:
+            raise Conflict(
+                "a failed job's unique_key is held by another unfinished job; redrive the "
+                "others by id or narrow the filter",
+                field="unique_key",
+            ) from exc
         self._publish(jobs)
         return jobs
 
