@@ -130,11 +130,11 @@ def test_one_job_per_tick_with_many_tickers_at_once(api: Any, db: Any, runtime: 
         _overdue(db, "race", 0)
         barrier = threading.Barrier(len(tickers))
 
-        def fire(t: Ticker) -> None:
-            barrier.wait()
+        def fire(t: Ticker, start: threading.Barrier) -> None:
+            start.wait()
             t.fire_due()
 
-        threads = [threading.Thread(target=fire, args=(t,)) for t in tickers]
+        threads = [threading.Thread(target=fire, args=(t, barrier)) for t in tickers]
         for t in threads:
             t.start()
         for t in threads:

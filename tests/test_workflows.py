@@ -151,7 +151,7 @@ def test_bad_depends_on_names_the_field(api: Any) -> None:
         "/jobs", json={"task": "echo", "depends_on": [parent["id"]], "delay_seconds": 5}
     )
     assert delayed.status_code == 422 and delayed.json()["error"]["field"] == "depends_on"
-    assert httpx.codes.NOT_FOUND == api.get(f"/workflows/{parent['id']}").status_code
+    assert api.get(f"/workflows/{parent['id']}").status_code == httpx.codes.NOT_FOUND
 
 
 def test_a_wide_fan_in_is_queued_once(live_api: str, worker_factory: Any, db: Any) -> None:
@@ -168,3 +168,16 @@ def test_a_wide_fan_in_is_queued_once(live_api: str, worker_factory: Any, db: An
     with db.cursor() as cur:
         cur.execute("SELECT count(*) FROM job_attempts WHERE job_id = %s", (str(done.id),))
         assert cur.fetchone()[0] == 1
+
+
+def test_plain_and_workflow_rows_submitted_together(api: Any) -> None:
+    """A row with a workflow_id has a column plain rows lack: it takes the guarded path (the
+    group commit inserts rows with the same columns together)."""
+    wid = "3f8a3c1e-8c55-4d1f-9a44-2b1f7f0f4e11"
+    batch = api.post(
+        "/jobs/batch", json={"jobs": [{"task": "echo", "workflow_id": wid}, {"task": "echo"}]}
+    ).json()
+    assert [i["status"] for i in batch["items"]] == ["created", "created"]
+    one = api.post("/jobs", json={"task": "echo", "workflow_id": wid})
+    assert one.status_code == 201 and one.json()["workflow_id"] == wid
+    assert api.get(f"/workflows/{wid}").json()["counts"] == {"queued": 2}

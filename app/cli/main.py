@@ -253,7 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "dev" and "JOBQ_LOG_FORMAT" not in os.environ:
         settings = settings.model_copy(update={"log_format": "console"})
-    if args.command in ("dlq", "keys", "submit", "status", "list", "stats") and (
+    quiet = ("dlq", "keys", "submit", "status", "list", "stats", "schedules", "workflow")
+    if args.command in quiet and (
         "JOBQ_LOG_LEVEL" not in os.environ
     ):
         settings = settings.model_copy(update={"log_level": "WARNING"})  # keep stdout for output

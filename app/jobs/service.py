@@ -430,8 +430,10 @@ def _outgoing(
 
 
 def _guarded(row: Row) -> bool:
-    """Rows that need their own transaction: a key to check, or parents to lock."""
-    return bool(row.get("idempotency_key") or row.get("unique_key") or row.get("_parents"))
+    """Rows that need their own transaction (a key to check, parents to lock), or that have
+    columns the others lack (GroupCommit inserts rows with the same keys together)."""
+    keys = ("idempotency_key", "unique_key", "_parents", "workflow_id")
+    return any(row.get(k) for k in keys)
 
 
 def _key(header: str | None, body: str | None) -> str | None:

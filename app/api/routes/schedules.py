@@ -15,7 +15,9 @@ router = APIRouter(tags=["schedules"])
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (400, 404, 409, 422, 503)
 }
-Ref = Annotated[SafeStr, Path(min_length=1, max_length=200, description="the schedule's name or id")]
+Ref = Annotated[
+    SafeStr, Path(min_length=1, max_length=200, description="the schedule's name or id")
+]
 
 
 def _service(request: Request) -> ScheduleService:
