@@ -169,8 +169,8 @@ def test_code_schedules_are_upserted_and_keep_their_enabled_flag(
 def test_one_job_per_tick_across_two_apis_and_two_workers(
     settings: Any, db: Any, procs_dir: Any
 ) -> None:
-    """Two API processes (each runs a dispatcher and a ticker) and two worker processes: an
-    interval schedule of one second gets exactly one job per tick, and each one runs."""
+    """Two API processes (each runs a dispatcher and a ticker) and two worker processes: a
+    cron schedule ticking every second gets exactly one job per tick, and each one runs."""
     fast = {"JOBQ_SCHEDULE_INTERVAL_SECONDS": "0.1", "JOBQ_DISPATCHER": "true"}
     workers = [
         start_worker_process(
@@ -185,7 +185,13 @@ def test_one_job_per_tick_across_two_apis_and_two_workers(
             api_process(settings, procs_dir / "api1.log", **fast) as (url1, _),
             api_process(settings, procs_dir / "api2.log", **fast) as (url2, _),
         ):
-            body = {"name": "every-second", "task": "echo", "interval_seconds": 1}
+            # A six-field cron expression (seconds first): a tick every second.
+            body = {
+                "name": "every-second",
+                "task": "echo",
+                "cron": "* * * * * *",
+                "timezone": BERLIN,
+            }
             assert httpx.post(url1 + "/schedules", json=body).status_code == 201
 
             def succeeded() -> list[Any]:
