@@ -119,13 +119,19 @@ def _run(client: jobq.Client, args: argparse.Namespace) -> int:
     return 0
 
 
-def _submit(client: jobq.Client, args: argparse.Namespace) -> int:
+def _payload(text: str) -> dict[str, Any]:
+    """--payload as a JSON object, or a JobqError saying what is wrong with it."""
     try:
-        payload = json.loads(args.payload)
+        payload = json.loads(text)
     except ValueError as exc:
         raise JobqError(f"--payload is not JSON: {exc}") from exc
     if not isinstance(payload, dict):
         raise JobqError("--payload must be a JSON object")
+    return payload
+
+
+def _submit(client: jobq.Client, args: argparse.Namespace) -> int:
+    payload = _payload(args.payload)
     options = {
         k: v
         for k in ("priority", "delay_seconds", "idempotency_key", "unique_key", "depends_on")
@@ -166,7 +172,7 @@ def _schedules(client: jobq.Client, args: argparse.Namespace) -> int:
         if not args.task:
             raise JobqError("schedules create needs NAME and TASK")
         rule = {"cron": args.cron} if args.cron else {"interval_seconds": args.interval_seconds}
-        payload = json.loads(args.payload)
+        payload = _payload(args.payload)
         schedule = client.create_schedule(
             args.name, args.task, payload=payload, timezone=args.tz, **rule
         )
