@@ -45,6 +45,8 @@ def test_interval_ticks_are_the_same_in_every_process() -> None:
     [
         ("not cron", None, "UTC", "cron"),
         ("* * * * *", None, "Mars/Olympus", "timezone"),
+        ("* * * * *", None, "America", "timezone"),  # a folder of zones, not a zone
+        ("* * * * *", None, "America", "timezone"),
         (None, None, "UTC", "cron"),
         ("* * * * *", 60, "UTC", "cron"),
     ],

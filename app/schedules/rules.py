@@ -20,7 +20,7 @@ def zone(name: str, field: str = "timezone") -> ZoneInfo:
     """The IANA time zone `name`, or InvalidInput naming `field`."""
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:  # OSError: "America" is a folder
         raise InvalidInput(
             f"unknown time zone {name!r} (an IANA name such as Europe/Berlin)", field=field
         ) from exc
