@@ -181,3 +181,42 @@ def test_plain_and_workflow_rows_submitted_together(api: Any) -> None:
     one = api.post("/jobs", json={"task": "echo", "workflow_id": wid})
     assert one.status_code == 201 and one.json()["workflow_id"] == wid
     assert api.get(f"/workflows/{wid}").json()["counts"] == {"queued": 2}
+
+
+def test_a_parent_failed_by_the_dead_letter_path_settles_its_children(
+    api: Any, runtime: Any
+) -> None:
+    """fail_dead_lettered (a job that crashed its workers, or kept reaching the DLQ) is a
+    final write too: the waiting child follows its policy in the same transaction, and a
+    `run` child is sent at once."""
+    import uuid
+
+    from worker.policy import Decision, Sqs
+    from worker.settle import settle
+
+    parent = api.post("/jobs", json={"task": "echo"}).json()
+    cancel = api.post("/jobs", json={"task": "echo", "depends_on": [parent["id"]]}).json()
+    run = api.post(
+        "/jobs",
+        json={"task": "fan_in", "depends_on": [parent["id"]], "on_parent_failure": "run"},
+    ).json()
+    message = wait_for(
+        lambda: next(
+            (m for m in runtime.sqs.receive(10, 1) if m.job_id == uuid.UUID(parent["id"])), None
+        ),
+        what="the parent's message",
+    )
+    settle(
+        runtime.sessions,
+        runtime.sqs,
+        message,
+        lambda current: Decision(Sqs.DELETE, fail_reason="crashed its worker 3 time(s)"),
+    )
+    assert api.get(f"/jobs/{parent['id']}").json()["status"] == "failed"
+    assert api.get(f"/jobs/{cancel['id']}").json()["status"] == "cancelled"
+    assert api.get(f"/jobs/{run['id']}").json()["status"] == "queued"
+    sent = wait_for(
+        lambda: [m for m in runtime.sqs.receive(10, 1) if m.job_id == uuid.UUID(run["id"])],
+        what="the released child's message",
+    )
+    assert sent
