@@ -106,6 +106,8 @@ class Settings(BaseSettings):
     dispatcher: bool = True
     dispatch_after_seconds: float = Field(5.0, ge=0)
     dispatch_interval_seconds: float = Field(1.0, gt=0)
+    # How often the schedule ticker (it runs with the dispatcher) looks for due cron ticks.
+    schedule_interval_seconds: float = Field(5.0, gt=0)
 
     # Security.
     auth: str = "required"  # "disabled" turns API keys off (make dev does)

@@ -24,16 +24,21 @@ from jobq.errors import (
     Unreachable,
     WaitTimeout,
 )
+from jobq.flow import Flow, FlowRun, chain, group, job
 from jobq.models import (
     Attempt,
     BatchItem,
     BatchResult,
+    CronSchedule,
     ItemError,
     Job,
     JobRequest,
     JobStatus,
     ListFilters,
+    ScheduleOptions,
     SubmitOptions,
+    Workflow,
+    WorkflowEdge,
 )
 
 __all__ = [
@@ -61,6 +66,16 @@ __all__ = [
     "JobStatus",
     "ListFilters",
     "SubmitOptions",
+    # Flow control: workflows (jobq.flow) and schedules.
+    "Flow",
+    "FlowRun",
+    "CronSchedule",
+    "ScheduleOptions",
+    "Workflow",
+    "WorkflowEdge",
+    "chain",
+    "group",
+    "job",
     # The client's errors (jobq.errors), all ApiError.
     "ApiError",
     "Conflict",

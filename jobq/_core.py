@@ -31,7 +31,17 @@ from jobq.errors import (
     WaitTimeout,
 )
 from jobq.errors import error_from_response as _error_from_response
-from jobq.models import Attempt, BatchResult, Job, JobPage, JobRequest, ListFilters
+from jobq.flow import Flow, FlowRun
+from jobq.models import (
+    Attempt,
+    BatchResult,
+    CronSchedule,
+    Job,
+    JobPage,
+    JobRequest,
+    ListFilters,
+    Workflow,
+)
 
 T = TypeVar("T")
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -311,3 +321,58 @@ def wait(config: Config, job: JobRef, timeout: float | None) -> Op[Job]:
         pause = MIN_POLL_INTERVAL - (now - started)
         if pause > 0:
             yield Sleep(pause if deadline is None else min(pause, deadline - now))
+
+
+# -- flow control: workflows and schedules ---------------------------------------------------
+
+
+def submit_flow(config: Config, flow: Flow) -> Op[FlowRun]:
+    """Submit a flow stage by stage: each job depends on every job of the stage before, all
+    under one new workflow id. Not atomic: a failure part-way leaves the stages submitted so
+    far (cancel them with cancel_workflow)."""
+    workflow_id = uuid.uuid4()
+    stages: list[list[Job]] = []
+    for stage in flow.stages:
+        parents = [j.id for j in stages[-1]] if stages else None
+        jobs: list[Job] = []
+        for req in stage:
+            update: dict[str, Any] = {"workflow_id": workflow_id}
+            if parents:
+                update["depends_on"] = [*(req.depends_on or []), *parents]
+            jobs.append((yield from submit(config, req.model_copy(update=update))))
+        stages.append(jobs)
+    return FlowRun(workflow_id=workflow_id, stages=stages)
+
+
+def _ident(ref: uuid.UUID | str) -> str:
+    return urllib.parse.quote(str(ref), safe="")
+
+
+def workflow(config: Config, workflow_id: uuid.UUID | str, cancel: bool = False) -> Op[Workflow]:
+    """GET /workflows/{id}, or POST /workflows/{id}/cancel."""
+    path = f"/workflows/{_ident(workflow_id)}"
+    call = Call("POST", path + "/cancel") if cancel else Call("GET", path)
+    return Workflow.model_validate((yield from request(config, call)))
+
+
+def schedule_call(method: str, name: str | None = None, body: Any = None) -> Call:
+    """A request to /schedules or /schedules/{name}."""
+    path = "/schedules" if name is None else f"/schedules/{_ident(name)}"
+    # A repeated POST answers 409 (the name exists): not idempotent, never re-sent blindly.
+    return Call(method, path, json=body, idempotent=method != "POST")
+
+
+def schedule(config: Config, call: Call) -> Op[CronSchedule]:
+    """One schedule back from POST, GET or PATCH."""
+    return CronSchedule.model_validate((yield from request(config, call)))
+
+
+def schedules(config: Config) -> Op[list[CronSchedule]]:
+    """GET /schedules."""
+    data = yield from request(config, schedule_call("GET"))
+    return [CronSchedule.model_validate(s) for s in data["items"]]
+
+
+def delete_schedule(config: Config, name: str) -> Op[None]:
+    """DELETE /schedules/{name}."""
+    yield from request(config, schedule_call("DELETE", name))

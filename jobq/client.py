@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator, Generator, Iterable, Iterator, Mapping
 from typing import Any, TypeVar, Unpack
 
@@ -20,10 +21,24 @@ import httpx
 
 from jobq import _core as core
 from jobq._core import Call, ClientOptions, Config, Done, JobRef, Op, Outcome, Sleep, advance
-from jobq.models import Attempt, BatchResult, Job, JobRequest, ListFilters, SubmitOptions
+from jobq.flow import Flow, FlowRun
+from jobq.models import (
+    Attempt,
+    BatchResult,
+    CronSchedule,
+    Job,
+    JobRequest,
+    ListFilters,
+    ScheduleChanges,
+    ScheduleOptions,
+    SubmitOptions,
+    Workflow,
+)
 
 T = TypeVar("T")
 Attempts = list[Attempt]  # an alias: inside the classes `list` is the method
+Schedules = list[CronSchedule]
+WorkflowRef = uuid.UUID | str
 JobItems = Iterable[JobRequest | Mapping[str, Any]]
 
 
@@ -55,6 +70,13 @@ class _Surface:
 
     def _list(self, page_size: int, filters: ListFilters) -> Op[None]:
         return core.list_jobs(self.config, filters, page_size=page_size)
+
+    def _create_schedule(self, name: str, task: str, options: Any) -> Op[CronSchedule]:
+        body = {"name": name, "task": task, **options}
+        return core.schedule(self.config, core.schedule_call("POST", body=body))
+
+    def _update_schedule(self, name: str, changes: Any) -> Op[CronSchedule]:
+        return core.schedule(self.config, core.schedule_call("PATCH", name, dict(changes)))
 
 
 class Client(_Surface):
@@ -115,6 +137,40 @@ class Client(_Surface):
     def stats(self) -> dict[str, Any]:
         """GET /stats: counts by status, queue depths, throughput, recent failures."""
         return self._run(core.stats(self.config))
+
+    def submit_flow(self, flow: Flow) -> FlowRun:
+        """Submit a chain() / group() flow under a new workflow id (see jobq.flow)."""
+        return self._run(core.submit_flow(self.config, flow))
+
+    def workflow(self, workflow_id: WorkflowRef) -> Workflow:
+        """A workflow's jobs, edges and overall status (GET /workflows/{id})."""
+        return self._run(core.workflow(self.config, workflow_id))
+
+    def cancel_workflow(self, workflow_id: WorkflowRef) -> Workflow:
+        """Cancel every unfinished job of a workflow (running ones are asked to stop)."""
+        return self._run(core.workflow(self.config, workflow_id, cancel=True))
+
+    def create_schedule(
+        self, name: str, task: str, **options: Unpack[ScheduleOptions]
+    ) -> CronSchedule:
+        """A new schedule (cron= or interval_seconds=; Conflict if the name is taken)."""
+        return self._run(self._create_schedule(name, task, options))
+
+    def schedules(self) -> Schedules:
+        """Every schedule, by name."""
+        return self._run(core.schedules(self.config))
+
+    def schedule(self, name: str) -> CronSchedule:
+        """One schedule by name or id, with its next and last run."""
+        return self._run(core.schedule(self.config, core.schedule_call("GET", name)))
+
+    def update_schedule(self, name: str, **changes: Unpack[ScheduleChanges]) -> CronSchedule:
+        """Change a schedule (e.g. enabled=False pauses it)."""
+        return self._run(self._update_schedule(name, changes))
+
+    def delete_schedule(self, name: str) -> None:
+        """Delete a schedule (its jobs stay)."""
+        self._run(core.delete_schedule(self.config, name))
 
     def _send(self, call: Call) -> Outcome:
         try:
@@ -197,6 +253,40 @@ class AsyncClient(_Surface):
     def list(self, *, page_size: int = 100, **filters: Unpack[ListFilters]) -> AsyncIterator[Job]:
         """Jobs newest first, fetched `page_size` at a time as the iteration goes."""
         return self._iterate(self._list(page_size, filters))
+
+    async def submit_flow(self, flow: Flow) -> FlowRun:
+        """Submit a chain() / group() flow under a new workflow id (see jobq.flow)."""
+        return await self._run(core.submit_flow(self.config, flow))
+
+    async def workflow(self, workflow_id: WorkflowRef) -> Workflow:
+        """A workflow's jobs, edges and overall status (GET /workflows/{id})."""
+        return await self._run(core.workflow(self.config, workflow_id))
+
+    async def cancel_workflow(self, workflow_id: WorkflowRef) -> Workflow:
+        """Cancel every unfinished job of a workflow (running ones are asked to stop)."""
+        return await self._run(core.workflow(self.config, workflow_id, cancel=True))
+
+    async def create_schedule(
+        self, name: str, task: str, **options: Unpack[ScheduleOptions]
+    ) -> CronSchedule:
+        """A new schedule (cron= or interval_seconds=; Conflict if the name is taken)."""
+        return await self._run(self._create_schedule(name, task, options))
+
+    async def schedules(self) -> Schedules:
+        """Every schedule, by name."""
+        return await self._run(core.schedules(self.config))
+
+    async def schedule(self, name: str) -> CronSchedule:
+        """One schedule by name or id, with its next and last run."""
+        return await self._run(core.schedule(self.config, core.schedule_call("GET", name)))
+
+    async def update_schedule(self, name: str, **changes: Unpack[ScheduleChanges]) -> CronSchedule:
+        """Change a schedule (e.g. enabled=False pauses it)."""
+        return await self._run(self._update_schedule(name, changes))
+
+    async def delete_schedule(self, name: str) -> None:
+        """Delete a schedule (its jobs stay)."""
+        await self._run(core.delete_schedule(self.config, name))
 
     async def stats(self) -> dict[str, Any]:
         """GET /stats: counts by status, queue depths, throughput, recent failures."""

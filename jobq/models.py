@@ -28,7 +28,12 @@ __all__ = [
     "JobStatus",
     "ListFilters",
     "Priority",
+    "CronSchedule",
+    "ScheduleChanges",
+    "ScheduleOptions",
     "SubmitOptions",
+    "Workflow",
+    "WorkflowEdge",
 ]
 
 
@@ -62,6 +67,10 @@ class Job(_Model):
     dead_lettered_at: datetime | None = None
     # In list() results: fields too large to list, replaced by a marker (get() has them whole).
     truncated_fields: list[str] = []
+    unique_key: str | None = None
+    unique_until: datetime | None = None  # None with a unique_key: held while unfinished
+    workflow_id: uuid.UUID | None = None
+    schedule_id: uuid.UUID | None = None  # the schedule that submitted it
 
     @property
     def final(self) -> bool:
@@ -95,6 +104,11 @@ class SubmitOptions(TypedDict, total=False):
     delay_seconds: int
     max_attempts: int
     timeout_seconds: float
+    unique_key: str
+    unique_for_seconds: int
+    depends_on: list[uuid.UUID | str]
+    on_parent_failure: Literal["cancel", "run"]
+    workflow_id: uuid.UUID | str
 
 
 class JobRequest(_Model):
@@ -108,6 +122,11 @@ class JobRequest(_Model):
     delay_seconds: int | None = None
     max_attempts: int | None = None
     timeout_seconds: float | None = None
+    unique_key: str | None = None
+    unique_for_seconds: int | None = None
+    depends_on: list[uuid.UUID] | None = None
+    on_parent_failure: Literal["cancel", "run"] | None = None
+    workflow_id: uuid.UUID | None = None
 
     def body(self, *, key: str | None = None) -> dict[str, Any]:
         """The JSON body; `key` is used when no idempotency_key was given."""
@@ -156,6 +175,68 @@ class BatchResult(_Model):
     def jobs(self) -> list[Job]:
         """The jobs of the accepted items (created or existing), in request order."""
         return [i.job for i in self.items if i.job is not None]
+
+
+class CronSchedule(_Model):
+    """A cron or interval schedule (GET /schedules/{name}), with its next and last run."""
+
+    id: uuid.UUID
+    name: str
+    task: str
+    payload: dict[str, Any]
+    cron: str | None
+    interval_seconds: int | None
+    timezone: str
+    enabled: bool
+    catch_up: Literal["once", "skip"]
+    source: Literal["api", "code"]
+    priority: Priority
+    next_run_at: datetime | None
+    last_run_at: datetime | None
+    last_job_id: uuid.UUID | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class ScheduleOptions(TypedDict, total=False):
+    """Keyword options of create_schedule() and update_schedule(): the /schedules fields."""
+
+    payload: dict[str, Any]
+    cron: str
+    interval_seconds: int
+    timezone: str
+    enabled: bool
+    catch_up: Literal["once", "skip"]
+    priority: Priority
+
+
+class ScheduleChanges(ScheduleOptions, total=False):
+    """Keyword options of update_schedule(): those of create_schedule(), and the task."""
+
+    task: str
+
+
+class WorkflowEdge(_Model):
+    """`child_id` waits for `parent_id`."""
+
+    parent_id: uuid.UUID
+    child_id: uuid.UUID
+
+
+class Workflow(_Model):
+    """GET /workflows/{id}: its jobs (oldest first), edges, counts and overall status
+    (running, succeeded, failed or cancelled)."""
+
+    id: uuid.UUID
+    status: str
+    counts: dict[str, int]
+    jobs: list[Job]
+    edges: list[WorkflowEdge]
+
+    @property
+    def final(self) -> bool:
+        """True once no job of the workflow is unfinished."""
+        return self.status != "running"
 
 
 class JobPage(_Model):

@@ -98,7 +98,10 @@ def db(database_url: str) -> Iterator[Any]:
     """A psycopg2 connection (autocommit) to the test database, emptied before the test."""
     conn = _admin_connect(database_url)
     with conn.cursor() as cur:
-        cur.execute("TRUNCATE jobs, job_attempts, test_executions, api_keys, workers")
+        cur.execute(
+            "TRUNCATE jobs, job_attempts, job_dependencies, schedules, test_executions, "
+            "api_keys, workers"
+        )
     yield conn
     conn.close()
 

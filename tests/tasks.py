@@ -201,3 +201,9 @@ def stubborn(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
 def own_policy(payload: dict[str, Any], ctx: JobContext) -> None:
     """Always fails; retried on the task's own schedule."""
     raise ValueError(f"attempt {ctx.attempt} failed")
+
+
+@task("fan_in")
+def fan_in(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    """A workflow callback: return what it was told about its parents."""
+    return {"parent_results": ctx.parent_results, "statuses": [p["status"] for p in ctx.parents]}

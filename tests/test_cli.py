@@ -69,3 +69,46 @@ def test_api_workers_flag_rejects_bad_counts(capsys: Any) -> None:
             parser.parse_args(["api", "--workers", bad])
         assert exc.value.code == 2
         assert "--workers must be" in capsys.readouterr().err
+
+
+def test_schedules_and_workflows_from_the_shell(
+    settings: Any, live_api: str, worker_factory: Any
+) -> None:
+    created = _jobq(
+        settings,
+        live_api,
+        "schedules",
+        "create",
+        "tidy",
+        "echo",
+        "--cron",
+        "0 4 * * *",
+        "--tz",
+        "Europe/Berlin",
+        "--json",
+    )
+    assert created.returncode == 0, created.stderr
+    assert json.loads(created.stdout)["timezone"] == "Europe/Berlin"
+    disabled = _jobq(settings, live_api, "schedules", "disable", "tidy")
+    assert disabled.returncode == 0 and "disabled" in disabled.stdout
+    listed = _jobq(settings, live_api, "schedules", "list")
+    assert "tidy" in listed.stdout and "0 4 * * *" in listed.stdout
+    assert _jobq(settings, live_api, "schedules", "delete", "tidy").returncode == 0
+
+    worker_factory()
+    parent = json.loads(_jobq(settings, live_api, "submit", "echo", "--json").stdout)
+    child = _jobq(
+        settings,
+        live_api,
+        "submit",
+        "fan_in",
+        "--depends-on",
+        parent["id"],
+        "--unique-key",
+        "cli",
+        "--wait",
+        "--json",
+    )
+    assert child.returncode == 0, child.stderr
+    flow = _jobq(settings, live_api, "workflow", parent["id"])
+    assert flow.returncode == 0 and "succeeded" in flow.stdout.splitlines()[0]

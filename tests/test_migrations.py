@@ -11,6 +11,7 @@ from app.auth import models as auth_models  # noqa: F401 - registers tables
 from app.db import Base, normalize_url
 from app.jobs import models, workers  # noqa: F401
 from app.migrate import alembic_config, upgrade
+from app.schedules import models as schedule_models  # noqa: F401
 from tests.conftest import create_database, drop_database
 
 

@@ -17,13 +17,13 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from app.db import HeldConnections
 from app.errors import DatabaseUnavailable, JobqError
 from app.jobs import queries, transitions
 from app.jobs.states import JobStatus
-from app.jobs.transitions import Claimed, Finish
+from app.jobs.transitions import Claimed, Finish, Ready
 from app.loops import BackgroundLoop, Backoff, take_batch
 from app.sqs.limits import MAX_BATCH, MAX_DELAY_SECONDS
 from app.sqs.queue import Message, Outgoing, SqsQueue
@@ -87,6 +87,7 @@ class Completer(BackgroundLoop):
         # shutting down (then for db_retry_seconds at most): an outage costs no run.
         self._worker_stopping = stopping
         self._queue: queue.SimpleQueue[Completion | None] = queue.SimpleQueue()
+        self._released: list[Ready] = []  # children queued by the batch being completed
 
     # -- asynchronous use (the worker) -------------------------------------------------------
 
@@ -157,8 +158,10 @@ class Completer(BackgroundLoop):
     def complete_all(self, batch: list[Completion]) -> list[str]:
         """Record a batch of outcomes in one transaction, then act on their messages."""
         decided = [self._decide(c) for c in batch]
+        self._released = []
         written = self._with_db_retries(lambda: self._write([f for f, _ in decided]))
         self._after_commit(batch, [r for _, r in decided], written)
+        self._send_released()
         statuses: list[str] = []
         for c in batch:
             status = written.get(c.job.job_id)
@@ -203,7 +206,15 @@ class Completer(BackgroundLoop):
             return self._finish([_unstorable(finishes[0], exc)])
 
     def _finish(self, finishes: list[Finish]) -> dict[uuid.UUID, JobStatus]:
-        return self._db.run(lambda conn: transitions.finish_many(conn, self._worker_id, finishes))
+        def work(conn: Any) -> tuple[dict[uuid.UUID, JobStatus], list[Ready]]:
+            # Fresh per try: a transaction run again must not send children twice.
+            released: list[Ready] = []
+            written = transitions.finish_many(conn, self._worker_id, finishes, released=released)
+            return written, released
+
+        written, released = self._db.run(work)
+        self._released.extend(released)  # committed: theirs to send
+        return written
 
     def _decide(self, c: Completion) -> tuple[Finish, policy.Recorded]:
         failure = c.outcome.failure
@@ -257,6 +268,18 @@ class Completer(BackgroundLoop):
                 log.warning("SQS refused some deletes; those messages come back as duplicates")
         except JobqError as exc:
             log.warning("SQS action after commit failed: %s", exc)
+
+    def _send_released(self) -> None:
+        """Workflow children queued by this batch's commit: send them (a failed send is
+        re-sent by the dispatcher, which looks for queued jobs without a confirmed send)."""
+        ready, self._released = self._released, []
+        if not ready:
+            return
+        try:
+            sent = self._sqs.send_batch([Outgoing(r.id, r.trace_id, 0, r.priority) for r in ready])
+            self._db.run(lambda conn: queries.mark_published(conn, sent))
+        except JobqError as exc:
+            log.warning("sending %d released workflow job(s) failed: %s", len(ready), exc)
 
     def _with_db_retries(self, write: Callable[[], T]) -> T:
         """Retry a write while PostgreSQL is unavailable (the heartbeat keeps the message ours)."""

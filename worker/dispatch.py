@@ -122,7 +122,14 @@ class Dispatch:
                 self.pool.submit(functools.partial(self._unclaimed, e))
                 continue
             e.renewed_at = sent_at
-            e.ctx = JobContext(job.job_id, job.task, job.attempt, job.max_attempts, job.failures)
+            e.ctx = JobContext(
+                job.job_id,
+                job.task,
+                job.attempt,
+                job.max_attempts,
+                job.failures,
+                parents=job.parents or [],
+            )
             e.ctx.cancelled.expire_at(sent_at + lease - self.limits.lease_margin)
             e.job = job
             self.pool.submit(functools.partial(self._run, e))

@@ -40,7 +40,7 @@ def run(
     args = (sender, task, modules, payload, str(ctx.job_id), ctx.attempt, ctx.max_attempts)
     child = _MP.Process(
         target=_child_main,
-        args=(*args, ctx.failures),
+        args=(*args, ctx.failures, ctx.parents),
         name=f"jobq-isolated-{ctx.job_id}",
         daemon=True,
     )
@@ -94,6 +94,7 @@ def _child_main(
     attempt: int,
     max_attempts: int,
     failures: int,
+    parents: list[dict[str, Any]] | None = None,
 ) -> None:
     """In the child: load the tasks, run the handler, send back the encoded outcome."""
     _die_with_parent()
@@ -112,7 +113,9 @@ def _child_main(
         ),
         max_idle=1,
     )
-    ctx = JobContext(uuid.UUID(job_id), task, attempt, max_attempts, failures)
+    ctx = JobContext(
+        uuid.UUID(job_id), task, attempt, max_attempts, failures, parents=parents or []
+    )
     # The parent enforces the real limit by killing this process; this one only bounds it.
     outcome = executor.run(ctx, payload, 10 * settings.task_timeout_seconds)
     if outcome.failure is not None:

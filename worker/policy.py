@@ -125,8 +125,10 @@ def unclaimed_delivery(current: JobView | None, limits: Limits) -> Decision:
         return Decision(Sqs.HIDE, _lease_left(current, limits) + 1)
     if current.run_at_seconds_left > 1:
         return Decision(Sqs.HIDE, current.run_at_seconds_left)  # delivered early: hide until due
-    if current.status == S.SCHEDULED:
-        return Decision(Sqs.DELETE)  # the dispatcher publishes a fresh message when it is due
+    if current.status in (S.SCHEDULED, S.WAITING):
+        # The dispatcher publishes a fresh message when it is due; a waiting job gets one
+        # when its last parent finishes.
+        return Decision(Sqs.DELETE)
     if (reason := _crash_limit(current, limits)) is not None:
         return Decision(Sqs.DELETE, fail_reason=reason)
     if current.failures >= current.max_attempts:
@@ -143,7 +145,7 @@ def dead_lettered(current: JobView | None, limits: Limits) -> Decision:
     runs ended only because of infrastructure (a database outage, duplicates), goes back to its
     queue, up to JOBQ_MAX_REDELIVERIES times. A job another worker runs is left alone.
     """
-    if current is None or current.status in FINAL or current.status == S.SCHEDULED:
+    if current is None or current.status in FINAL or current.status in (S.SCHEDULED, S.WAITING):
         return Decision(Sqs.DELETE)
     if _lease_left(current, limits) > 0:
         return Decision(Sqs.HIDE, _lease_left(current, limits) + 1)

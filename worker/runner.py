@@ -18,6 +18,7 @@ from app.errors import InvalidInput, JobqError
 from app.loops import Backoff, DaemonPool
 from app.observability import metrics
 from app.runtime import Runtime
+from app.schedules.service import sync_code_schedules
 from app.sqs.limits import MAX_BATCH
 from app.sqs.queue import make_sqs_client
 from app.tasks.retry import Backoff as RetrySchedule
@@ -138,6 +139,7 @@ class Worker:
         )
         self.dlq: DeadLetterConsumer | None = None
         self.max_receive_count: int | None = None
+        self._schedules_declared = False
 
     def _backoff_for(self, task: str) -> RetrySchedule:
         try:
@@ -163,11 +165,18 @@ class Worker:
 
     def _setup_with_retries(self) -> None:
         def setup() -> None:
+            self._declare_schedules()
             self._read_redrive_policy()
             self._start_dlq_consumer()
 
         with contextlib.suppress(JobqError):  # raised only once stopping
             Backoff().retry(setup, what="queue set-up", stop=self._stopped)
+
+    def _declare_schedules(self) -> None:
+        """Upsert the schedules of this worker's @task(schedule=...) tasks (once)."""
+        if not self._schedules_declared:
+            sync_code_schedules(self.runtime.sessions, self.runtime.registry)
+            self._schedules_declared = True
 
     def _start_dlq_consumer(self) -> None:
         if not self.settings.dlq_consumer or self._stopped.is_set():

@@ -22,13 +22,21 @@ def settle(
 ) -> Decision:
     """Look the message's job up, decide, write (committed first), then act on the message."""
     assert message.job_id is not None
+    released: list[transitions.Ready] = []
     with translate_db_errors(), sessions.begin() as session:
         current = queries.view(session, message.job_id)
         decision = decide(current)
-        if decision.fail_reason is not None:
-            transitions.fail_dead_lettered(session, message.job_id, decision.fail_reason)
+        if decision.fail_reason is not None and transitions.fail_dead_lettered(
+            session, message.job_id, decision.fail_reason
+        ):
+            # Its waiting workflow children follow their on_parent_failure policy.
+            released = transitions.settle_children(session, [message.job_id])
         if decision.redelivered:
             transitions.count_redelivery(session, message.job_id)
+    if released:
+        sent = sqs.send_batch([Outgoing(r.id, r.trace_id, 0, r.priority) for r in released])
+        with translate_db_errors(), sessions.begin() as session:
+            queries.mark_published(session, sent)
     if decision.sqs == Sqs.HIDE:
         sqs.change_visibility(message, decision.seconds)
         return decision

@@ -21,6 +21,8 @@ from app.api.probes import build_sampler
 from app.api.routes import health
 from app.api.routes import jobs as job_routes
 from app.api.routes import ops as ops_routes
+from app.api.routes import schedules as schedule_routes
+from app.api.routes import workflows as workflow_routes
 from app.api.routes.fast_submit import FastSubmit
 from app.auth.keys import KeySet, parse_env_keys
 from app.config import Settings, get_settings
@@ -33,6 +35,8 @@ from app.observability.metrics import CachedGaugeCollector
 from app.outbox.dispatcher import build_dispatcher
 from app.outbox.publisher import Publisher
 from app.runtime import Runtime, build_runtime
+from app.schedules.service import ScheduleService
+from app.schedules.ticker import build_ticker
 from app.sqs.queue import make_sqs_client
 
 log = logging.getLogger("jobq.api")
@@ -102,10 +106,14 @@ def create_app(settings: Settings | None = None, *, tune_gc: bool = False) -> Fa
             defer=lambda: publisher.lagging(settings.dispatch_after_seconds / 2),
         )
         retention = Retention(runtime.sessions, retention_days=settings.retention_days)
+        ticker = build_ticker(runtime, settings)
         app.state.runtime = runtime
         app.state.publisher = publisher
         app.state.dispatcher = dispatcher
         app.state.jobs = JobService(runtime.sessions, runtime.registry, publisher, settings)
+        app.state.schedules = ScheduleService(
+            runtime.sessions, runtime.registry, settings.max_payload_depth
+        )
         sampler = build_sampler(settings, runtime.engine, runtime.sqs)
         app.state.sampler = sampler
         app.state.sampled_metrics = CachedGaugeCollector(sampler.gauges, ttl=0)
@@ -125,6 +133,7 @@ def create_app(settings: Settings | None = None, *, tune_gc: bool = False) -> Fa
         if settings.dispatcher:
             dispatcher.start()
             retention.start()
+            ticker.start()
         if tune_gc:
             tune_gc_for_serving()
         try:
@@ -133,6 +142,7 @@ def create_app(settings: Settings | None = None, *, tune_gc: bool = False) -> Fa
             app.state.jobs.close()  # commits what is queued and hands it to the publisher
             dispatcher.stop()
             retention.stop()
+            ticker.stop()
             sampler.stop()
             publisher.stop()
             runtime.close()
@@ -161,5 +171,7 @@ def create_app(settings: Settings | None = None, *, tune_gc: bool = False) -> Fa
     app.include_router(job_routes.router)  # first: the hot routes match without scanning others
     app.include_router(health.router)
     app.include_router(ops_routes.router)
+    app.include_router(schedule_routes.router)
+    app.include_router(workflow_routes.router)
     app.include_router(dashboard_routes.router)
     return app

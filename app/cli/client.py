@@ -1,4 +1,5 @@
-"""`jobq submit|status|list|stats`: the API from a shell (JOBQ_API_URL), human or --json.
+"""`jobq submit|status|list|stats|schedules|workflow`: the API from a shell (JOBQ_API_URL),
+human or --json.
 
 Every command goes through the SDK (jobq.Client): typed errors, retries with backoff, and
 `submit --wait` long-polls instead of polling.
@@ -30,10 +31,27 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--priority", choices=["high", "default", "low"])
         parser.add_argument("--delay", type=int, dest="delay_seconds", help="seconds")
         parser.add_argument("--idempotency-key")
+        parser.add_argument("--unique-key", help="one unfinished job per key")
+        parser.add_argument(
+            "--depends-on", action="append", help="a parent job id (repeat for several)"
+        )
         parser.add_argument("--wait", action="store_true", help="wait for a final status")
         parser.add_argument("--timeout", type=float, default=3600, help="--wait limit (s)")
     elif name == "status":
         parser.add_argument("id")
+    elif name == "schedules":
+        parser.add_argument(
+            "action", choices=["list", "show", "create", "enable", "disable", "delete"]
+        )
+        parser.add_argument("name", nargs="?")
+        parser.add_argument("task", nargs="?")
+        parser.add_argument("--cron")
+        parser.add_argument("--every", type=int, dest="interval_seconds", help="seconds")
+        parser.add_argument("--tz", default="UTC", help="IANA time zone")
+        parser.add_argument("--payload", default="{}", help="JSON object")
+    elif name == "workflow":
+        parser.add_argument("id")
+        parser.add_argument("--cancel", action="store_true", help="cancel its unfinished jobs")
     elif name == "list":
         parser.add_argument("--status")
         parser.add_argument("--task")
@@ -74,6 +92,13 @@ def _run(client: jobq.Client, args: argparse.Namespace) -> int:
         job = client.get(args.id)
         _emit(args, _data(job), _line(job))
         return 0
+    if args.command == "schedules":
+        return _schedules(client, args)
+    if args.command == "workflow":
+        flow = client.cancel_workflow(args.id) if args.cancel else client.workflow(args.id)
+        human = "\n".join([f"workflow {flow.id}: {flow.status}", *map(_line, flow.jobs)])
+        _emit(args, flow.model_dump(mode="json"), human)
+        return 0
     if args.command == "list":
         filters = {k: v for k in ("status", "task") if (v := getattr(args, k)) is not None}
         page = list(itertools.islice(client.list(page_size=args.limit, **filters), args.limit))
@@ -94,16 +119,22 @@ def _run(client: jobq.Client, args: argparse.Namespace) -> int:
     return 0
 
 
-def _submit(client: jobq.Client, args: argparse.Namespace) -> int:
+def _payload(text: str) -> dict[str, Any]:
+    """--payload as a JSON object, or a JobqError saying what is wrong with it."""
     try:
-        payload = json.loads(args.payload)
+        payload = json.loads(text)
     except ValueError as exc:
         raise JobqError(f"--payload is not JSON: {exc}") from exc
     if not isinstance(payload, dict):
         raise JobqError("--payload must be a JSON object")
+    return payload
+
+
+def _submit(client: jobq.Client, args: argparse.Namespace) -> int:
+    payload = _payload(args.payload)
     options = {
         k: v
-        for k in ("priority", "delay_seconds", "idempotency_key")
+        for k in ("priority", "delay_seconds", "idempotency_key", "unique_key", "depends_on")
         if (v := getattr(args, k)) is not None
     }
     job = client.submit(args.task, payload, **options)
@@ -113,3 +144,41 @@ def _submit(client: jobq.Client, args: argparse.Namespace) -> int:
         job = client.wait(job, timeout=args.timeout)
     _emit(args, _data(job), _line(job))
     return 0 if not args.wait or job.status == jobq.JobStatus.SUCCEEDED else 1
+
+
+def _schedule_line(s: jobq.CronSchedule) -> str:
+    rule = s.cron if s.cron is not None else f"every {s.interval_seconds} s"
+    state = "enabled" if s.enabled else "disabled"
+    return (
+        f"{s.name:<24} {s.task:<16} {rule} ({s.timezone}) {state}  "
+        f"next {s.next_run_at and s.next_run_at.isoformat()}  "
+        f"last {s.last_run_at and s.last_run_at.isoformat()}"
+    )
+
+
+def _schedules(client: jobq.Client, args: argparse.Namespace) -> int:
+    if args.action == "list":
+        items = client.schedules()
+        data = {"items": [s.model_dump(mode="json") for s in items]}
+        _emit(args, data, "\n".join(map(_schedule_line, items)) or "no schedules")
+        return 0
+    if not args.name:
+        raise JobqError(f"schedules {args.action} needs a NAME")
+    if args.action == "delete":
+        client.delete_schedule(args.name)
+        _emit(args, {"deleted": args.name}, f"deleted {args.name}")
+        return 0
+    if args.action == "create":
+        if not args.task:
+            raise JobqError("schedules create needs NAME and TASK")
+        rule = {"cron": args.cron} if args.cron else {"interval_seconds": args.interval_seconds}
+        payload = _payload(args.payload)
+        schedule = client.create_schedule(
+            args.name, args.task, payload=payload, timezone=args.tz, **rule
+        )
+    elif args.action in ("enable", "disable"):
+        schedule = client.update_schedule(args.name, enabled=args.action == "enable")
+    else:
+        schedule = client.schedule(args.name)
+    _emit(args, schedule.model_dump(mode="json"), _schedule_line(schedule))
+    return 0

@@ -116,15 +116,17 @@ def _run_loop(loops: Sequence[BackgroundLoop]) -> int:
 
 
 def cmd_dispatcher(settings: Settings, args: argparse.Namespace) -> int:
-    """Only the dispatcher and retention (the API also runs them in-process)."""
+    """Only the dispatcher, retention and the schedule ticker (the API also runs them)."""
     from app.maintenance.retention import Retention
     from app.outbox.dispatcher import build_dispatcher
     from app.runtime import build_runtime
+    from app.schedules.ticker import build_ticker
 
     runtime = build_runtime(settings, pool_size=2)
     loops = [
         build_dispatcher(runtime, settings),
         Retention(runtime.sessions, retention_days=settings.retention_days),
+        build_ticker(runtime, settings),
     ]
     return _run_loop(loops)
 
@@ -187,6 +189,12 @@ COMMANDS: dict[str, tuple[Callable[[Settings, argparse.Namespace], int], str]] =
     "status": (cmd_client, "show one job: status ID"),
     "list": (cmd_client, "list jobs: list [--status S] [--task T] [--limit N]"),
     "stats": (cmd_client, "counts, queue depths, throughput and recent failures"),
+    "schedules": (
+        cmd_client,
+        "cron schedules: schedules list | show NAME | create NAME TASK --cron EXPR "
+        "| enable NAME | disable NAME | delete NAME",
+    ),
+    "workflow": (cmd_client, "show a workflow's jobs and status: workflow ID [--cancel]"),
 }
 
 
@@ -245,7 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "dev" and "JOBQ_LOG_FORMAT" not in os.environ:
         settings = settings.model_copy(update={"log_format": "console"})
-    if args.command in ("dlq", "keys", "submit", "status", "list", "stats") and (
+    quiet = ("dlq", "keys", "submit", "status", "list", "stats", "schedules", "workflow")
+    if args.command in quiet and (
         "JOBQ_LOG_LEVEL" not in os.environ
     ):
         settings = settings.model_copy(update={"log_level": "WARNING"})  # keep stdout for output

@@ -8,12 +8,14 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Float,
     ForeignKey,
     Index,
     Integer,
+    PrimaryKeyConstraint,
     String,
     Text,
     func,
@@ -25,6 +27,11 @@ from sqlalchemy.orm import Mapped, mapped_column
 from app.db import Base
 from app.jobs.states import JobStatus
 
+# Rows that hold their unique_key (the partial unique index's predicate).
+UNIQUE_HELD = (
+    "unique_key IS NOT NULL AND (unique_until IS NOT NULL"
+    " OR status NOT IN ('succeeded', 'failed', 'cancelled'))"
+)
 _STATUS_CHECK = "status IN (" + ", ".join(f"'{s.value}'" for s in JobStatus) + ")"
 
 
@@ -60,6 +67,27 @@ class Job(Base):
             "ix_jobs_finished",
             "finished_at",
             postgresql_where=text("status IN ('succeeded', 'failed', 'cancelled')"),
+        ),
+        # Unique jobs: one holder per key while unfinished, or until unique_until.
+        Index(
+            "ux_jobs_unique_key",
+            "unique_key",
+            unique=True,
+            postgresql_where=text(UNIQUE_HELD),
+        ),
+        # Cron schedules: at most one job per (schedule, tick), whoever inserts it.
+        Index(
+            "ux_jobs_schedule_tick",
+            "schedule_id",
+            "schedule_tick",
+            unique=True,
+            postgresql_where=text("schedule_id IS NOT NULL"),
+        ),
+        Index(
+            "ix_jobs_workflow",
+            "workflow_id",
+            "created_at",
+            postgresql_where=text("workflow_id IS NOT NULL"),
         ),
         # The dispatcher's scan: queued jobs whose publish is not confirmed.
         Index(
@@ -105,6 +133,19 @@ class Job(Base):
     # sha256 of the canonical request, to tell a replay from a conflicting reuse of a key.
     request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
     idempotency_expires_at: Mapped[datetime | None] = _ts()
+    # Unique jobs (docs/flow-control.md): held while unfinished, or until unique_until.
+    unique_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    unique_until: Mapped[datetime | None] = _ts()
+    # The schedule and tick that made this job (cron schedules).
+    schedule_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True), nullable=True)
+    schedule_tick: Mapped[datetime | None] = _ts()
+    # Workflows: the group of jobs linked by depends_on; a waiting job's unfinished parents;
+    # what a failed or cancelled parent does to it (cancel|run); its parents' outcomes, copied
+    # in when it is queued (what the handler sees as ctx.parent_results).
+    workflow_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True), nullable=True)
+    pending_parents: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    on_parent_failure: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    parent_results: Mapped[Any | None] = mapped_column(JSONB, nullable=True)
 
 
 class JobAttempt(Base):
@@ -128,3 +169,22 @@ class JobAttempt(Base):
     worker_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
     started_at: Mapped[datetime | None] = _ts()
     finished_at: Mapped[datetime] = _ts(nullable=False, default=True)
+
+
+class JobDependency(Base):
+    """An edge of a workflow: `child_id` waits for `parent_id` (position: its depends_on order)."""
+
+    __tablename__ = "job_dependencies"
+    __table_args__ = (
+        PrimaryKeyConstraint("child_id", "parent_id"),
+        Index("ix_job_dependencies_parent", "parent_id"),
+    )
+
+    child_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("jobs.id", ondelete="CASCADE")
+    )
+    parent_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    position: Mapped[int] = mapped_column(Integer)
+    # Set once the parent's final status was applied to the child: exactly once per edge,
+    # even when the parent is retried and finishes again.
+    settled: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))

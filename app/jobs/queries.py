@@ -12,7 +12,8 @@ from sqlalchemy import Connection, Row, Table, delete, insert, or_, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
-from app.jobs.models import Job
+from app.errors import Conflict
+from app.jobs.models import UNIQUE_HELD, Job
 from app.jobs.states import FINAL, JobStatus
 from app.sqs.limits import MAX_DELAY_SECONDS
 from app.sqs.queue import Outgoing
@@ -78,34 +79,44 @@ def insert_jobs(
     return list(conn.execute(_INSERT, rows).all())
 
 
-def insert_idempotent(session: Session, values: dict[str, Any]) -> tuple[Job, bool]:
-    """Insert unless a live job holds the key; return (job, created).
+def insert_guarded(session: Session, values: dict[str, Any]) -> tuple[Job, str | None]:
+    """Insert unless a live job holds its idempotency key or unique key: (job, None) when
+    created, else (the holder, "idempotency_key" | "unique_key").
 
-    The unique index decides under concurrency: a second identical request waits for the
-    first to commit, then finds its row.
+    The unique indexes decide under concurrency: a second request with the same key waits
+    for the first to commit, then finds its row (ON CONFLICT without a target covers both).
     """
-    key = values["idempotency_key"]
+    key, unique = values.get("idempotency_key"), values.get("unique_key")
     # An expired key no longer answers: free it for this request.
-    session.execute(
-        update(Job)
-        .where(Job.idempotency_key == key, Job.idempotency_expires_at < text("now()"))
-        .values(idempotency_key=None)
-    )
-    stmt = (
-        pg_insert(Job)
-        .values(**values)
-        .on_conflict_do_nothing(
-            index_elements=[Job.idempotency_key],
-            index_where=Job.idempotency_key.isnot(None),
+    if key is not None:
+        session.execute(
+            update(Job)
+            .where(Job.idempotency_key == key, Job.idempotency_expires_at < text("now()"))
+            .values(idempotency_key=None)
         )
-        .returning(Job)
-    )
-    job = session.scalar(stmt)
-    if job is not None:
-        return job, True
-    existing = session.scalar(select(Job).where(Job.idempotency_key == key))
-    assert existing is not None, "conflicting row vanished"
-    return existing, False
+    if unique is not None:
+        session.execute(
+            update(Job)
+            .where(Job.unique_key == unique, Job.unique_until < text("now()"))
+            .values(unique_key=None)
+        )
+    stmt = pg_insert(Job).values(**values).on_conflict_do_nothing().returning(Job)
+    # A holder can finish between the conflict and the read (unique_key): then try again.
+    for _ in range(5):
+        job = session.scalar(stmt)
+        if job is not None:
+            return job, None
+        if key is not None:
+            existing = session.scalar(select(Job).where(Job.idempotency_key == key))
+            if existing is not None:
+                return existing, "idempotency_key"
+        if unique is not None:
+            existing = session.scalar(
+                select(Job).where(Job.unique_key == unique, text(UNIQUE_HELD))
+            )
+            if existing is not None:
+                return existing, "unique_key"
+    raise Conflict("could not insert the job: its keys keep changing hands; try again")
 
 
 # Rows are locked in id order, as the worker's claim locks them: a plain UPDATE locks in plan
@@ -218,3 +229,19 @@ def failed_jobs(
     if dead_lettered_only:
         stmt = stmt.where(Job.dead_lettered_at.isnot(None))
     return list(session.scalars(stmt.order_by(Job.finished_at.desc()).limit(limit)))
+
+
+def insert_tick(session: Session, row: dict[str, Any]) -> Any:
+    """Insert a schedule's job for one tick unless that tick has one already (the unique
+    index on (schedule_id, schedule_tick) decides between tickers); (id, trace_id, priority)
+    of the new job, or None."""
+    stmt = (
+        pg_insert(Job)
+        .values(**row)
+        .on_conflict_do_nothing(
+            index_elements=[Job.schedule_id, Job.schedule_tick],
+            index_where=Job.schedule_id.isnot(None),
+        )
+        .returning(Job.id, Job.trace_id, Job.priority)
+    )
+    return session.execute(stmt).first()

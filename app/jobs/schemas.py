@@ -15,6 +15,10 @@ MAX_LIST_LIMIT = 500
 # The furthest ahead a job may be submitted (delay_seconds); SQS's own limit is 15 minutes.
 MAX_SUBMIT_DELAY_SECONDS = 366 * 24 * 3600
 Priority = Literal["high", "default", "low"]
+# The most parents one job may wait for (depends_on), and the longest unique window.
+MAX_PARENTS = 500
+MAX_UNIQUE_SECONDS = 366 * 24 * 3600
+OnParentFailure = Literal["cancel", "run"]
 
 
 class ErrorDetail(BaseModel):
@@ -49,6 +53,14 @@ class JobCreate(BaseModel):
     priority: Priority = "default"
     max_attempts: int | None = Field(None, ge=1, le=1000)
     timeout_seconds: float | None = Field(None, gt=0, le=12 * 3600)
+    # Unique jobs: while a job holding this key is unfinished (or, with unique_for_seconds,
+    # for that long after it was submitted), a submit with the same key returns it (200).
+    unique_key: SafeStr | None = Field(None, min_length=1, max_length=255)
+    unique_for_seconds: int | None = Field(None, ge=1, le=MAX_UNIQUE_SECONDS)
+    # Workflows: wait (status waiting) until every parent job succeeded.
+    depends_on: list[uuid.UUID] | None = Field(None, min_length=1, max_length=MAX_PARENTS)
+    on_parent_failure: OnParentFailure = "cancel"
+    workflow_id: uuid.UUID | None = None
 
 
 class JobBatchCreate(BaseModel):
@@ -105,6 +117,10 @@ class JobOut(BaseModel):
     idempotency_key: str | None = None
     cancel_requested_at: datetime | None = None
     dead_lettered_at: datetime | None = None
+    unique_key: str | None = None
+    unique_until: datetime | None = None
+    workflow_id: uuid.UUID | None = None
+    schedule_id: uuid.UUID | None = None
     # Fields too large to show here: payload/result replaced by {"truncated": true, "bytes": N},
     # error cut short (GET /jobs/{id} shows a job whole; docs/operations-limits.md).
     truncated_fields: list[Literal["payload", "result", "error"]] = []

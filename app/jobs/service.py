@@ -14,12 +14,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio.to_thread
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.db import HeldConnections, translate_db_errors
 from app.errors import Conflict, InvalidInput, JobqError, NotFound
-from app.jobs import bulk, queries, transitions, views
+from app.jobs import bulk, queries, transitions, views, workflows
 from app.jobs.filters import JobFilter
 from app.jobs.models import Job
 from app.jobs.notify import FinalListener, listen_connection
@@ -121,6 +122,12 @@ class JobService:
             )
         if req.delay_seconds is not None and req.run_at is not None:
             raise InvalidInput("give delay_seconds or run_at, not both", field="run_at")
+        if req.depends_on and (req.delay_seconds or req.run_at):
+            raise InvalidInput(
+                "depends_on cannot be combined with run_at or delay_seconds", field="depends_on"
+            )
+        if req.unique_for_seconds is not None and req.unique_key is None:
+            raise InvalidInput("unique_for_seconds needs a unique_key", field="unique_for_seconds")
         now = datetime.now(UTC)
         run_at = req.run_at
         if req.delay_seconds:
@@ -139,6 +146,18 @@ class JobService:
             "priority": req.priority,
             "run_at": run_at if run_at is not None and run_at > now else None,
         }
+        if req.unique_key is not None:
+            window = req.unique_for_seconds
+            row.update(
+                unique_key=req.unique_key,
+                unique_until=now + timedelta(seconds=window) if window else None,
+            )
+        if req.workflow_id is not None or req.depends_on:
+            row["workflow_id"] = req.workflow_id
+        if req.depends_on:
+            # Not a column: taken out before the insert (prepare_child locks them).
+            row["_parents"] = list(dict.fromkeys(req.depends_on))
+            row["on_parent_failure"] = req.on_parent_failure
         if key is not None:
             row.update(
                 idempotency_key=key,
@@ -151,11 +170,11 @@ class JobService:
         self, req: JobCreate, *, trace_id: str | None = None, header_key: str | None = None
     ) -> tuple[JobOut, bool]:
         """submit() for the event loop: plain rows are committed together with concurrent
-        submissions (GroupCommit); keyed ones in a worker thread."""
+        submissions (GroupCommit); keyed, unique and workflow ones in a worker thread."""
         key = _key(header_key, req.idempotency_key)
         row = self.row_for(req, trace_id=trace_id, key=key)
         with otel.span("jobq.submit", trace_id, task=req.task, job_id=row["id"]):
-            if key is None:
+            if not _guarded(row):
                 return await self._group.submit(row), True
             return await anyio.to_thread.run_sync(self._submit_keyed, row)
 
@@ -165,21 +184,33 @@ class JobService:
         return _views(rows, self._held.run(lambda conn: queries.insert_jobs(conn, rows)))
 
     def _submit_keyed(self, row: Row) -> tuple[JobOut, bool]:
+        ready: list[transitions.Ready] = []
         with translate_db_errors(), self._sessions.begin() as session:
-            job, created = self._insert_keyed(session, row)
+            job, created = self._insert_keyed(session, row, ready)
+            view = JobOut.model_validate(job)
         if created:
             self._announce([row])
-        return JobOut.model_validate(job), created
+        self._publish(ready)
+        return view, created
 
-    def _insert_keyed(self, session: Session, row: Row) -> tuple[Job, bool]:
-        job, created = queries.insert_idempotent(session, row)
-        if not created and job.request_hash != row["request_hash"]:
+    def _insert_keyed(
+        self, session: Session, row: Row, ready: list[transitions.Ready]
+    ) -> tuple[Job, bool]:
+        """Insert a job with an idempotency key, a unique key or parents (one transaction);
+        (job, created): not created when a live job holds the key."""
+        parents = row.pop("_parents", None)
+        locked = workflows.prepare_child(session, row, parents) if parents else []
+        job, holder = queries.insert_guarded(session, row)
+        if holder == "idempotency_key" and job.request_hash != row["request_hash"]:
             raise Conflict(
                 "idempotency key already used for a different request",
                 field="idempotency_key",
                 job_id=str(job.id),
             )
-        return job, created
+        if holder is None and locked:
+            ready.extend(workflows.attach_child(session, row, locked))
+            session.refresh(job)
+        return job, holder is None
 
     def submit_batch(
         self, reqs: list[JobCreate], *, atomic: bool, trace_id: str | None = None
@@ -208,8 +239,9 @@ class JobService:
             )
         results: list[tuple[JobOut | None, bool, JobqError | None]] = []
         created_rows: list[Row] = []
+        ready: list[transitions.Ready] = []
         with translate_db_errors(), self._sessions.begin() as session:
-            plain = [r for r in rows if isinstance(r, dict) and not r.get("idempotency_key")]
+            plain = [r for r in rows if isinstance(r, dict) and not _guarded(r)]
             stamps = {s.id: s for s in queries.insert_jobs(session, plain)}
             created_rows.extend(plain)
             for r in rows:
@@ -220,8 +252,10 @@ class JobService:
                     results.append((view, True, None))
                 else:
                     try:
-                        job, created = self._insert_keyed(session, r)
-                    except Conflict as exc:
+                        # A savepoint: a refused item must not undo its batch-mates.
+                        with session.begin_nested():
+                            job, created = self._insert_keyed(session, r, ready)
+                    except (Conflict, InvalidInput) as exc:
                         if atomic:
                             raise
                         results.append((None, False, exc))
@@ -230,6 +264,7 @@ class JobService:
                     if created:
                         created_rows.append(r)
         self._announce(created_rows)
+        self._publish(ready)
         return results
 
     def _announce(self, rows: list[Row]) -> None:
@@ -339,19 +374,49 @@ class JobService:
 
     def cancel(self, job_id: uuid.UUID) -> Job:
         """Cancel now if not started; request cancellation if running; 409 if finished."""
+        ready: list[transitions.Ready] = []
         with translate_db_errors(), self._sessions.begin() as session:
             job = transitions.cancel(session, job_id)
             if job is None:
                 self._explain_refusal(session, job_id, "cancel")
-        assert job is not None
+            assert job is not None
+            if job.workflow_id is not None and job.status == JobStatus.CANCELLED.value:
+                # Its waiting children follow their on_parent_failure policy now.
+                ready = transitions.settle_children(session, [job_id])
+        self._publish(ready)
         return job
+
+    # -- workflows --------------------------------------------------------------------------
+
+    def workflow(self, workflow_id: uuid.UUID) -> workflows.WorkflowOut:
+        """A workflow's jobs, edges and state, or NotFound."""
+        with translate_db_errors(), self._sessions() as session:
+            found = workflows.view(session, workflow_id, self._list_caps)
+        if found is None:
+            raise NotFound(f"workflow {workflow_id} not found", field="id")
+        return found
+
+    def cancel_workflow(self, workflow_id: uuid.UUID) -> workflows.WorkflowOut:
+        """Cancel every unfinished job of a workflow (running ones are asked to stop)."""
+        ready: list[transitions.Ready] = []
+        with translate_db_errors(), self._sessions.begin() as session:
+            cancelled, _ = transitions.cancel_workflow(session, workflow_id)
+            ready = transitions.settle_children(session, cancelled)
+        self._publish(ready)
+        return self.workflow(workflow_id)
 
     def retry(self, job_id: uuid.UUID) -> JobOut:
         """Re-enqueue a failed or cancelled job as a new attempt series (history kept)."""
-        with translate_db_errors(), self._sessions.begin() as session:
-            jobs = transitions.requeue(session, ids=[job_id])
-            if not jobs:
-                self._explain_refusal(session, job_id, "retry")
+        try:
+            with translate_db_errors(), self._sessions.begin() as session:
+                jobs = transitions.requeue(session, ids=[job_id])
+                if not jobs:
+                    self._explain_refusal(session, job_id, "retry")
+        except IntegrityError as exc:
+            # Unfinished again, it would hold its unique_key while another job holds it.
+            raise Conflict(
+                "another unfinished job holds this job's unique_key", field="unique_key"
+            ) from exc
         self._publish(jobs)
         return self.get(job_id)
 
@@ -359,15 +424,22 @@ class JobService:
         """Re-enqueue failed jobs in bulk by filter; return them."""
         if req.failed_after and req.failed_before and req.failed_after >= req.failed_before:
             raise InvalidInput("failed_after must be before failed_before", field="failed_after")
-        with translate_db_errors(), self._sessions.begin() as session:
-            jobs = transitions.requeue(
-                session,
-                task=req.task,
-                failed_after=req.failed_after,
-                failed_before=req.failed_before,
-                dead_lettered_only=req.dead_lettered_only,
-                limit=req.limit,
-            )
+        try:
+            with translate_db_errors(), self._sessions.begin() as session:
+                jobs = transitions.requeue(
+                    session,
+                    task=req.task,
+                    failed_after=req.failed_after,
+                    failed_before=req.failed_before,
+                    dead_lettered_only=req.dead_lettered_only,
+                    limit=req.limit,
+                )
+        except IntegrityError as exc:
+            raise Conflict(
+                "a failed job's unique_key is held by another unfinished job; redrive the "
+                "others by id or narrow the filter",
+                field="unique_key",
+            ) from exc
         self._publish(jobs)
         return jobs
 
@@ -388,6 +460,13 @@ def _outgoing(
     if run_at is not None:
         delay = max(0, int((run_at - datetime.now(UTC)).total_seconds() + 0.999))
     return Outgoing(job_id, trace_id, min(delay, MAX_DELAY_SECONDS), priority)
+
+
+def _guarded(row: Row) -> bool:
+    """Rows that need their own transaction (a key to check, parents to lock), or that have
+    columns the others lack (GroupCommit inserts rows with the same keys together)."""
+    keys = ("idempotency_key", "unique_key", "_parents", "workflow_id")
+    return any(row.get(k) for k in keys)
 
 
 def _key(header: str | None, body: str | None) -> str | None:

@@ -8,6 +8,7 @@ from enum import StrEnum
 class JobStatus(StrEnum):
     """Where a job is in its life."""
 
+    WAITING = "waiting"
     SCHEDULED = "scheduled"
     QUEUED = "queued"
     RUNNING = "running"
@@ -25,9 +26,12 @@ S = JobStatus
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     # Only ever the status a job is inserted with (run_at beyond SQS's 15-minute delay).
     S.SCHEDULED: frozenset(),
-    # SCHEDULED -> QUEUED when the dispatcher sends it; FAILED/CANCELLED -> QUEUED on retry
-    # or redrive (a new attempt series).
-    S.QUEUED: frozenset({S.SCHEDULED, S.FAILED, S.CANCELLED}),
+    # Only ever inserted: a workflow job waiting for its parents (depends_on).
+    S.WAITING: frozenset(),
+    # SCHEDULED -> QUEUED when the dispatcher sends it; WAITING -> QUEUED in the transaction
+    # that finishes its last parent; FAILED/CANCELLED -> QUEUED on retry or redrive (a new
+    # attempt series).
+    S.QUEUED: frozenset({S.SCHEDULED, S.WAITING, S.FAILED, S.CANCELLED}),
     # A claim; RUNNING -> RUNNING only when the previous holder's lease expired (checked in SQL).
     S.RUNNING: frozenset({S.QUEUED, S.RETRYING, S.RUNNING}),
     S.RETRYING: frozenset({S.RUNNING}),
@@ -35,14 +39,14 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     # RUNNING -> FAILED when an attempt fails for good; QUEUED/RETRYING/RUNNING (lease expired)
     # -> FAILED when the dead-letter consumer or an unclaimable delivery ends an exhausted job.
     S.FAILED: frozenset({S.RUNNING, S.QUEUED, S.RETRYING}),
-    # Not started -> CANCELLED at once; RUNNING -> CANCELLED when the attempt ends after a
-    # cancellation request.
-    S.CANCELLED: frozenset({S.SCHEDULED, S.QUEUED, S.RETRYING, S.RUNNING}),
+    # Not started -> CANCELLED at once (WAITING also when a parent fails and the policy is
+    # cancel); RUNNING -> CANCELLED when the attempt ends after a cancellation request.
+    S.CANCELLED: frozenset({S.WAITING, S.SCHEDULED, S.QUEUED, S.RETRYING, S.RUNNING}),
 }
 
 FINAL: frozenset[JobStatus] = frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED})
 # Cancel takes effect at once from these; a running job gets a cancellation request instead.
-CANCELLABLE_NOW: frozenset[JobStatus] = frozenset({S.SCHEDULED, S.QUEUED, S.RETRYING})
+CANCELLABLE_NOW: frozenset[JobStatus] = frozenset({S.WAITING, S.SCHEDULED, S.QUEUED, S.RETRYING})
 RETRYABLE_BY_USER: frozenset[JobStatus] = frozenset({S.FAILED, S.CANCELLED})
 
 

@@ -17,7 +17,7 @@ from sqlalchemy import Connection, Row, Select, bindparam, select, text, update
 from sqlalchemy.orm import Session
 
 from app.jobs.models import Job
-from app.jobs.states import CANCELLABLE_NOW, RETRYABLE_BY_USER, JobStatus, sources
+from app.jobs.states import CANCELLABLE_NOW, FINAL, RETRYABLE_BY_USER, JobStatus, sources
 
 S = JobStatus
 # Every transition runs on an ORM session or on a Core connection (the worker's hot path).
@@ -72,6 +72,7 @@ class Claimed:
     failures: int = 0  # failed runs so far (max_attempts limits these)
     series: int = 1
     priority: str = "default"
+    parents: list[dict[str, Any]] | None = None  # a workflow job's parents' outcomes
 
 
 _CLAIM = text(
@@ -96,7 +97,7 @@ _CLAIM = text(
                                         < now())
           AND (j.run_at IS NULL OR j.run_at <= now() + interval '1 second')
         RETURNING j.id, j.task, j.payload, j.attempts, j.failures, j.max_attempts, j.series,
-                  j.priority, j.timeout_seconds, j.trace_id, now() AS started,
+                  j.priority, j.timeout_seconds, j.trace_id, j.parent_results, now() AS started,
                   prev.status AS prev_status, prev.worker_id AS prev_worker, prev.queued_at
     ), lost AS (
         -- The previous run's worker died holding the job: record that run as lost.
@@ -150,6 +151,7 @@ def claim_many(
             failures=row.failures,
             series=row.series,
             priority=row.priority,
+            parents=row.parent_results,
         )
     return claimed
 
@@ -200,7 +202,7 @@ _FINISH = text(
           AND (j.status IN {_FINISHED_FROM}) IS TRUE AND j.worker_id = :worker
           AND j.attempts = v.attempt
         RETURNING j.id, j.status, j.series, j.run_at, v.attempt, v.outcome, v.error,
-                  v.traceback, v.started
+                  v.traceback, v.started, j.workflow_id IS NOT NULL AS in_workflow
     ), a AS (
         INSERT INTO job_attempts
             (job_id, attempt, series, outcome, error, traceback, worker_id, started_at)
@@ -209,7 +211,7 @@ _FINISH = text(
                error, traceback, :worker, started
         FROM u
     )
-    SELECT id, status FROM u
+    SELECT id, status, in_workflow FROM u
     """
 )
 
@@ -229,11 +231,15 @@ class Finish:
     dead_letter: bool = False
 
 
-def finish_many(session: Db, worker_id: str, items: list[Finish]) -> dict[uuid.UUID, JobStatus]:
+def finish_many(
+    session: Db, worker_id: str, items: list[Finish], *, released: list[Ready] | None = None
+) -> dict[uuid.UUID, JobStatus]:
     """running -> succeeded|retrying|failed (cancelled if requested) for a batch of runs.
 
     Returns job id -> status written; a job missing from the result is no longer this
-    worker's (its lease expired and another worker took it).
+    worker's (its lease expired and another worker took it). Workflow children whose last
+    parent this finished are queued in the same transaction and added to `released` (the
+    caller sends them after commit).
     """
     for item in items:
         if S.RUNNING not in sources(item.status):
@@ -254,10 +260,18 @@ def finish_many(session: Db, worker_id: str, items: list[Finish]) -> dict[uuid.U
         "dead": [i.dead_letter for i in items],
         "worker": worker_id,
     }
-    rows = session.execute(_FINISH, params)
-    return {
-        (r.id if isinstance(r.id, uuid.UUID) else uuid.UUID(str(r.id))): S(r.status) for r in rows
-    }
+    written: dict[uuid.UUID, JobStatus] = {}
+    parents: list[uuid.UUID] = []
+    for r in session.execute(_FINISH, params):
+        job_id = r.id if isinstance(r.id, uuid.UUID) else uuid.UUID(str(r.id))
+        written[job_id] = S(r.status)
+        if r.in_workflow and S(r.status) in FINAL:
+            parents.append(job_id)
+    if parents:
+        ready = settle_children(session, parents)
+        if released is not None:
+            released.extend(ready)
+    return written
 
 
 def finish(session: Db, claimed: Claimed, worker_id: str, **how: Any) -> JobStatus | None:
@@ -434,3 +448,149 @@ def requeue(
         .execution_options(synchronize_session=False)
     )
     return list(session.execute(stmt).all())  # type: ignore[arg-type]
+
+
+# -- workflows: children waiting for their parents --------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ready:
+    """A waiting job just queued (its parents are done): send it after commit."""
+
+    id: uuid.UUID
+    trace_id: str | None
+    priority: str
+    status: str = S.QUEUED.value  # what JobService._publish looks at
+    run_at: datetime | None = None
+
+
+_FINAL_SQL = "(" + ", ".join(f"'{s}'" for s in sorted(FINAL)) + ")"
+_CHILD_FROM = _from([S.WAITING], S.QUEUED, S.CANCELLED)
+
+# Each edge is applied once (settled): a retried parent that finishes again changes nothing.
+# The child's pending_parents counter lives in its locked row, so two parents finishing at
+# once in two transactions each see the other's decrement (a re-check of the locked row),
+# and exactly one of them queues the child.
+_SETTLE = text(
+    f"""
+    WITH e AS (
+        UPDATE job_dependencies AS d SET settled = true FROM jobs AS p
+        WHERE d.parent_id = ANY(CAST(:ids AS uuid[])) AND p.id = d.parent_id
+          AND NOT d.settled AND p.status IN {_FINAL_SQL}
+        RETURNING d.child_id, p.status <> 'succeeded' AS bad
+    ), g AS (
+        SELECT child_id, count(*) AS n, bool_or(bad) AS bad FROM e GROUP BY child_id
+    ), locked AS (
+        SELECT c.id FROM jobs AS c WHERE c.id IN (SELECT child_id FROM g)
+        ORDER BY c.id FOR UPDATE
+    )
+    -- Every decision reads the target row `c`, i.e. its latest version once locked.
+    UPDATE jobs AS c SET
+        pending_parents = c.pending_parents - g.n,
+        status = CASE WHEN g.bad AND c.on_parent_failure = 'cancel' THEN 'cancelled'
+                      WHEN c.pending_parents - g.n <= 0 THEN 'queued' ELSE c.status END,
+        error = CASE WHEN g.bad AND c.on_parent_failure = 'cancel'
+                     THEN 'a parent job failed or was cancelled (on_parent_failure: cancel)'
+                     ELSE c.error END,
+        finished_at = CASE WHEN g.bad AND c.on_parent_failure = 'cancel' THEN now()
+                           ELSE c.finished_at END,
+        published_at = NULL, updated_at = now()
+    FROM g
+    WHERE c.id = g.child_id AND c.id IN (SELECT id FROM locked)
+      AND (c.status IN {_CHILD_FROM}) IS TRUE
+    RETURNING c.id, c.status, c.trace_id, c.priority
+    """
+)
+
+# A separate statement, after the children's rows are locked: it sees every parent's
+# committed result (the statement above reads other parents from its own earlier snapshot).
+_PARENT_RESULTS = text(
+    """
+    UPDATE jobs AS c SET parent_results = (
+        SELECT jsonb_agg(jsonb_build_object('id', p.id, 'task', p.task, 'status', p.status,
+                                            'result', p.result, 'error', p.error)
+                         ORDER BY d.position)
+        FROM job_dependencies AS d JOIN jobs AS p ON p.id = d.parent_id
+        WHERE d.child_id = c.id)
+    WHERE c.id = ANY(CAST(:ids AS uuid[]))
+    """
+)
+
+
+def settle_children(session: Db, parent_ids: Sequence[uuid.UUID]) -> list[Ready]:
+    """Apply parents that just reached a final status to their waiting children.
+
+    waiting -> queued once no parent is left (with the parents' outcomes copied into
+    parent_results); waiting -> cancelled when a parent failed or was cancelled and the
+    child's on_parent_failure is cancel, and so on down the workflow. Returns the children
+    queued; the caller sends them after commit (the dispatcher re-sends what it does not).
+    """
+    ready: list[Ready] = []
+    ids = [str(i) for i in parent_ids]
+    while ids:
+        rows = session.execute(_SETTLE, {"ids": ids}).all()
+        queued = [r for r in rows if r.status == S.QUEUED.value]
+        if queued:
+            session.execute(_PARENT_RESULTS, {"ids": [str(r.id) for r in queued]})
+            ready.extend(Ready(_uuid(r.id), r.trace_id, r.priority) for r in queued)
+        # A cancelled child is a final parent too: its own children settle next.
+        ids = [str(r.id) for r in rows if r.status == S.CANCELLED.value]
+    return ready
+
+
+def queue_ready_child(session: Db, child_id: uuid.UUID) -> None:
+    """waiting -> queued for a child submitted after all its parents were done."""
+    session.execute(
+        text(
+            f"""UPDATE jobs SET status = 'queued', pending_parents = 0, updated_at = now()
+                WHERE id = :id AND status IN {_from([S.WAITING], S.QUEUED)}"""
+        ),
+        {"id": child_id},
+    )
+    session.execute(_PARENT_RESULTS, {"ids": [str(child_id)]})
+
+
+def cancel_orphan(session: Db, child_id: uuid.UUID) -> None:
+    """waiting -> cancelled for a child submitted after a parent failed (policy cancel)."""
+    session.execute(
+        text(
+            f"""UPDATE jobs SET status = 'cancelled', finished_at = now(), updated_at = now(),
+                    error = 'a parent job failed or was cancelled (on_parent_failure: cancel)'
+                WHERE id = :id AND status IN {_from([S.WAITING], S.CANCELLED)}"""
+        ),
+        {"id": child_id},
+    )
+
+
+def cancel_workflow(session: Session, workflow_id: uuid.UUID) -> tuple[list[uuid.UUID], int]:
+    """Every not-started job of the workflow -> cancelled; running ones get a cancellation
+    request. Returns (ids cancelled now, how many running ones were asked to stop)."""
+    now_ids = [
+        _uuid(r[0])
+        for r in session.execute(
+            text(
+                f"""UPDATE jobs SET status = 'cancelled', finished_at = now(),
+                        updated_at = now(), cancel_requested_at = now()
+                    WHERE id IN (SELECT id FROM jobs WHERE workflow_id = :wid
+                                 AND status IN {_from(list(CANCELLABLE_NOW), S.CANCELLED)}
+                                 ORDER BY id FOR UPDATE)
+                    RETURNING id"""
+            ),
+            {"wid": workflow_id},
+        )
+    ]
+    asked = session.execute(
+        text(
+            """UPDATE jobs SET cancel_requested_at = coalesce(cancel_requested_at, now()),
+                   updated_at = now()
+               WHERE id IN (SELECT id FROM jobs WHERE workflow_id = :wid
+                            AND status = 'running' ORDER BY id FOR UPDATE)
+               RETURNING id"""
+        ),
+        {"wid": workflow_id},
+    ).all()
+    return now_ids, len(asked)
+
+
+def _uuid(value: Any) -> uuid.UUID:
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))

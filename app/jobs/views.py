@@ -210,6 +210,18 @@ def _page_where(
     return items, None
 
 
+def workflow_jobs(session: Session, workflow_id: uuid.UUID, caps: Caps, limit: int) -> list[JobOut]:
+    """The jobs of a workflow, oldest first, fields cut to `caps` (at most `limit`)."""
+    page = (
+        select(JOBS.c.id)
+        .where(JOBS.c.workflow_id == workflow_id)
+        .order_by(JOBS.c.created_at, JOBS.c.id)
+        .limit(limit)
+        .subquery("page")
+    )
+    return [_view(row) for row in session.execute(_sized(page, caps))][::-1]
+
+
 def attempts(
     session: Session,
     job_id: uuid.UUID,

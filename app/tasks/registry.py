@@ -106,6 +106,14 @@ class JobContext:
     max_attempts: int
     failures: int = 0
     cancelled: Cancellation = field(default_factory=Cancellation)
+    # A workflow job's parents, in depends_on order: {"id", "task", "status", "result",
+    # "error"} each, as they were when this job was queued.
+    parents: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def parent_results(self) -> list[Any]:
+        """The parents' results in depends_on order (None for a parent that did not succeed)."""
+        return [p.get("result") if p.get("status") == "succeeded" else None for p in self.parents]
 
     @property
     def is_last_attempt(self) -> bool:
@@ -128,6 +136,10 @@ class TaskSpec:
     max_attempts: int | None = None
     backoff: Backoff | None = None
     description: str = ""
+    # A cron expression (and its time zone): the task also runs on this schedule
+    # (app/schedules; upserted by workers and the ticker at start).
+    schedule: str | None = None
+    tz: str = "UTC"
 
     @property
     def is_async(self) -> bool:
@@ -158,11 +170,16 @@ class Registry:
         max_attempts: int | None = None,
         backoff: Backoff | float | Sequence[float] | None = None,
         description: str | None = None,
+        schedule: str | None = None,
+        tz: str = "UTC",
     ) -> Callable[[Handler], Handler]:
-        """Decorator: register `handler(payload, ctx)` (sync or `async def`) under `name`."""
+        """Decorator: register `handler(payload, ctx)` (sync or `async def`) under `name`;
+        `schedule` (cron, in time zone `tz`) also runs it with an empty payload per tick."""
         if max_attempts is not None and max_attempts < 1:
             raise JobqError(f"task {name!r}: max_attempts must be at least 1")
-        schedule = as_backoff(backoff)
+        if schedule is not None:
+            _check_schedule(name, schedule, tz)
+        retry_schedule = as_backoff(backoff)
 
         def decorate(handler: Handler) -> Handler:
             doc = description if description is not None else (handler.__doc__ or "")
@@ -172,8 +189,10 @@ class Registry:
                 payload_model,
                 timeout_seconds,
                 max_attempts,
-                schedule,
+                retry_schedule,
                 doc.strip().splitlines()[0] if doc.strip() else "",
+                schedule,
+                tz,
             )
             with self._lock:
                 existing = self._tasks.get(name)
@@ -219,6 +238,16 @@ class Registry:
                     f"cannot import task module {module!r} (JOBQ_TASK_MODULES; is it on "
                     f"PYTHONPATH?): {exc}"
                 ) from exc
+
+
+def _check_schedule(name: str, schedule: str, tz: str) -> None:
+    """Refuse a task whose cron expression or time zone is invalid, when it is declared."""
+    from app.schedules.rules import Rule  # the schedules room needs no registry at import
+
+    try:
+        Rule.parse(schedule, None, tz)
+    except InvalidInput as exc:
+        raise JobqError(f"task {name!r}: {exc.message}") from None
 
 
 REGISTRY = Registry()

@@ -1,0 +1,1 @@
+"""Cron schedules: rules, the table, the service behind /schedules and the ticker."""

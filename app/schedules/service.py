@@ -1,0 +1,161 @@
+"""The schedules service: /schedules CRUD and the upsert of schedules declared in code."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, case, delete, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.db import translate_db_errors
+from app.errors import Conflict, NotFound
+from app.jobs.validation import check_payload
+from app.schedules.models import Schedule
+from app.schedules.rules import Rule
+from app.schedules.schemas import ScheduleCreate, ScheduleOut, ScheduleUpdate
+from app.tasks.registry import Registry
+
+log = logging.getLogger("jobq.schedules")
+# The fields whose change moves the next run (recomputed from now).
+_RULE_FIELDS = ("cron", "interval_seconds", "timezone")
+
+
+def _by(ref: str) -> ColumnElement[bool]:
+    """A schedule by id (a UUID) or by name."""
+    try:
+        return Schedule.id == uuid.UUID(ref)
+    except ValueError:
+        return Schedule.name == ref
+
+
+class ScheduleService:
+    """Create, list, read, change and delete schedules (the ticker fires them)."""
+
+    def __init__(self, sessions: sessionmaker[Session], registry: Registry, max_depth: int) -> None:
+        self._sessions = sessions
+        self._registry = registry
+        self._max_depth = max_depth
+
+    def _check_job(self, task: str, payload: dict[str, Any]) -> None:
+        self._registry.get(task)
+        check_payload(payload, max_depth=self._max_depth)
+        self._registry.validate_payload(task, payload)
+
+    def create(self, req: ScheduleCreate) -> ScheduleOut:
+        """A new schedule; Conflict if the name is taken."""
+        rule = Rule.parse(req.cron, req.interval_seconds, req.timezone)
+        self._check_job(req.task, req.payload)
+        values = {**req.model_dump(), "id": uuid.uuid4(), "source": "api"}
+        values["next_run_at"] = rule.next_after(datetime.now(UTC))
+        stmt = pg_insert(Schedule).values(**values).on_conflict_do_nothing().returning(Schedule)
+        with translate_db_errors(), self._sessions.begin() as session:
+            row = session.scalar(stmt)
+            if row is None:
+                raise Conflict(f"a schedule named {req.name!r} exists", field="name")
+            return ScheduleOut.model_validate(row)
+
+    def all(self) -> list[ScheduleOut]:
+        """Every schedule, by name."""
+        with translate_db_errors(), self._sessions() as session:
+            rows = session.scalars(select(Schedule).order_by(Schedule.name))
+            return [ScheduleOut.model_validate(r) for r in rows]
+
+    def get(self, ref: str) -> ScheduleOut:
+        """One schedule by id or name, or NotFound."""
+        with translate_db_errors(), self._sessions() as session:
+            return ScheduleOut.model_validate(self._one(session, ref, lock=False))
+
+    def update(self, ref: str, req: ScheduleUpdate) -> ScheduleOut:
+        """Change the fields given; a new rule, or enabling, moves the next run from now."""
+        changes = req.model_dump(exclude_unset=True)
+        with translate_db_errors(), self._sessions.begin() as session:
+            # Locked: the ticker (SKIP LOCKED) leaves it alone until this commits.
+            row = self._one(session, ref, lock=True)
+            if "cron" in changes and changes["cron"] is not None:
+                changes["interval_seconds"] = None
+            elif changes.get("interval_seconds") is not None:
+                changes["cron"] = None
+            merged = {f: changes.get(f, getattr(row, f)) for f in (*_RULE_FIELDS, "task")}
+            rule = Rule.parse(merged["cron"], merged["interval_seconds"], merged["timezone"])
+            if changes.get("task") is not None or changes.get("payload") is not None:
+                payload = changes.get("payload")
+                self._check_job(merged["task"], row.payload if payload is None else payload)
+            moved = any(f in changes for f in _RULE_FIELDS) or (
+                changes.get("enabled") is True and not row.enabled
+            )
+            for name, value in changes.items():
+                if value is not None or name in ("cron", "interval_seconds"):
+                    setattr(row, name, value)
+            if moved:
+                row.next_run_at = rule.next_after(datetime.now(UTC))
+            row.updated_at = datetime.now(UTC)
+            session.flush()
+            return ScheduleOut.model_validate(row)
+
+    def delete(self, ref: str) -> None:
+        """Delete a schedule (its jobs stay); NotFound if there is none."""
+        with translate_db_errors(), self._sessions.begin() as session:
+            if session.execute(delete(Schedule).where(_by(ref)).returning(Schedule.id)).first():
+                return
+        raise NotFound(f"schedule {ref!r} not found", field="name")
+
+    @staticmethod
+    def _one(session: Session, ref: str, *, lock: bool) -> Schedule:
+        stmt = select(Schedule).where(_by(ref))
+        row = session.scalar(stmt.with_for_update() if lock else stmt)
+        if row is None:
+            raise NotFound(f"schedule {ref!r} not found", field="name")
+        return row
+
+
+def sync_code_schedules(sessions: sessionmaker[Session], registry: Registry) -> int:
+    """Upsert the schedules of tasks declared with @task(schedule=...); return how many.
+
+    Named after the task. A changed expression or time zone moves the next run; `enabled`
+    (PATCH /schedules) is never touched, so a schedule disabled at run time stays disabled.
+    A schedule made through the API under the same name is left alone.
+    """
+    specs = [registry.get(n) for n in registry.names()]
+    rows = []
+    now = datetime.now(UTC)
+    for spec in specs:
+        if spec.schedule is None:
+            continue
+        rule = Rule.parse(spec.schedule, None, spec.tz)
+        rows.append(
+            {
+                "id": uuid.uuid4(),
+                "name": spec.name,
+                "task": spec.name,
+                "cron": spec.schedule,
+                "timezone": spec.tz,
+                "source": "code",
+                "next_run_at": rule.next_after(now),
+            }
+        )
+    if not rows:
+        return 0
+    stmt = pg_insert(Schedule).values(rows)
+    ex = stmt.excluded
+    changed = (Schedule.cron.is_distinct_from(ex.cron)) | (
+        Schedule.timezone.is_distinct_from(ex.timezone)
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[Schedule.name],
+        set_={
+            "cron": ex.cron,
+            "interval_seconds": None,
+            "timezone": ex.timezone,
+            "next_run_at": case((changed, ex.next_run_at), else_=Schedule.next_run_at),
+            "updated_at": case((changed, now), else_=Schedule.updated_at),
+        },
+        where=Schedule.source == "code",
+    )
+    with translate_db_errors(), sessions.begin() as session:
+        session.execute(stmt)
+    log.info("declared %d schedule(s) from code", len(rows))
+    return len(rows)
