@@ -26,6 +26,7 @@ from app.auth.keys import KeySet, parse_env_keys
 from app.config import Settings, get_settings
 from app.errors import DatabaseUnavailable, JobqError
 from app.jobs.service import JobService
+from app.maintenance.reconciler import build_reconciler
 from app.maintenance.retention import Retention
 from app.observability import otel
 from app.observability.logs import configure_logging
@@ -102,6 +103,8 @@ def create_app(settings: Settings | None = None, *, tune_gc: bool = False) -> Fa
             defer=lambda: publisher.lagging(settings.dispatch_after_seconds / 2),
         )
         retention = Retention(runtime.sessions, retention_days=settings.retention_days)
+        # Every API process runs it; a PostgreSQL advisory lock lets one pass run at a time.
+        reconciler = build_reconciler(runtime, settings)
         app.state.runtime = runtime
         app.state.publisher = publisher
         app.state.dispatcher = dispatcher
@@ -125,6 +128,8 @@ def create_app(settings: Settings | None = None, *, tune_gc: bool = False) -> Fa
         if settings.dispatcher:
             dispatcher.start()
             retention.start()
+            if reconciler is not None:
+                reconciler.start()
         if tune_gc:
             tune_gc_for_serving()
         try:
@@ -133,6 +138,8 @@ def create_app(settings: Settings | None = None, *, tune_gc: bool = False) -> Fa
             app.state.jobs.close()  # commits what is queued and hands it to the publisher
             dispatcher.stop()
             retention.stop()
+            if reconciler is not None:
+                reconciler.stop()
             sampler.stop()
             publisher.stop()
             runtime.close()

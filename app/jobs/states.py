@@ -26,8 +26,9 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     # Only ever the status a job is inserted with (run_at beyond SQS's 15-minute delay).
     S.SCHEDULED: frozenset(),
     # SCHEDULED -> QUEUED when the dispatcher sends it; FAILED/CANCELLED -> QUEUED on retry
-    # or redrive (a new attempt series).
-    S.QUEUED: frozenset({S.SCHEDULED, S.FAILED, S.CANCELLED}),
+    # or redrive (a new attempt series); QUEUED/RETRYING -> QUEUED on retry of a job waiting
+    # for its delivery (it runs now, its series goes on).
+    S.QUEUED: frozenset({S.SCHEDULED, S.FAILED, S.CANCELLED, S.QUEUED, S.RETRYING}),
     # A claim; RUNNING -> RUNNING only when the previous holder's lease expired (checked in SQL).
     S.RUNNING: frozenset({S.QUEUED, S.RETRYING, S.RUNNING}),
     S.RETRYING: frozenset({S.RUNNING}),
@@ -44,6 +45,8 @@ FINAL: frozenset[JobStatus] = frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED})
 # Cancel takes effect at once from these; a running job gets a cancellation request instead.
 CANCELLABLE_NOW: frozenset[JobStatus] = frozenset({S.SCHEDULED, S.QUEUED, S.RETRYING})
 RETRYABLE_BY_USER: frozenset[JobStatus] = frozenset({S.FAILED, S.CANCELLED})
+# Retry on one of these sends the job again to run now (no new series): its message may be lost.
+RUNNABLE_NOW_BY_USER: frozenset[JobStatus] = frozenset({S.QUEUED, S.RETRYING})
 
 
 def sources(target: JobStatus) -> frozenset[JobStatus]:

@@ -14,7 +14,7 @@ from fastapi.templating import Jinja2Templates
 
 from app.errors import JobqError
 from app.jobs.service import JobService
-from app.jobs.states import CANCELLABLE_NOW, RETRYABLE_BY_USER, JobStatus
+from app.jobs.states import CANCELLABLE_NOW, RETRYABLE_BY_USER, RUNNABLE_NOW_BY_USER, JobStatus
 from app.observability.stats import snapshot
 
 router = APIRouter(prefix="/dashboard", include_in_schema=False)
@@ -76,7 +76,7 @@ def job_detail(job_id: uuid.UUID, request: Request) -> HTMLResponse:
         "job.html",
         job=job,
         attempts=service.attempts(job_id),
-        can_retry=job.status in {s.value for s in RETRYABLE_BY_USER},
+        can_retry=job.status in {s.value for s in RETRYABLE_BY_USER | RUNNABLE_NOW_BY_USER},
         can_cancel=job.status in {s.value for s in CANCELLABLE_NOW | {JobStatus.RUNNING}},
         message=request.query_params.get("msg"),
     )
