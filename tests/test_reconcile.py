@@ -133,6 +133,17 @@ def test_batches_are_bounded(db: Any, runtime: Any) -> None:
     assert [reconciler.run_once() for _ in range(4)] == [10, 10, 5, 0]
 
 
+def test_a_slow_sqs_ends_the_sending_not_the_pass(db: Any, runtime: Any, monkeypatch: Any) -> None:
+    from app.maintenance import reconciler as module
+
+    _insert(db, 150)
+    # Every round of sends "takes too long": each pass sends one round and stamps it.
+    monkeypatch.setattr(module, "SEND_BUDGET_SECONDS", 0)
+    reconciler = _reconciler(runtime, batch_size=500, settle_seconds=0)
+    assert [reconciler.run_once() for _ in range(3)] == [100, 50, 0]
+    assert _held(runtime) == 150
+
+
 def test_a_recreated_queue_gets_its_jobs_at_once(db: Any, runtime: Any) -> None:
     # Sent a second ago, so not late yet; but the queue was created after the send (the
     # emulator restarted), so the message cannot be in it.

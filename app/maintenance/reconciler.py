@@ -19,22 +19,28 @@ them yet, and undercounting SQS would re-send a backlog.)
 from __future__ import annotations
 
 import logging
+import time
+import uuid
 from collections import Counter
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.db import translate_db_errors
+from app.errors import JobqError
 from app.jobs import queries
 from app.jobs.queries import Drifted
 from app.loops import PeriodicLoop
 from app.maintenance import leader
 from app.observability.metrics import RECONCILED
 from app.runtime import Runtime
-from app.sqs.queue import QueueCounts, SqsQueue
+from app.sqs.queue import Outgoing, QueueCounts, SqsQueue
 
 log = logging.getLogger("jobq.reconciler")
 LOGGED_IDS = 10  # job ids named in a pass's log line
+SEND_CHUNK = 100  # ids per round of SendMessageBatch calls (10 calls)
+# Sending stops after this long, well inside the lock's hold limit (the pass's transaction).
+SEND_BUDGET_SECONDS = leader.HOLD_LIMIT_SECONDS / 3
 
 
 class Reconciler(PeriodicLoop):
@@ -70,7 +76,7 @@ class Reconciler(PeriodicLoop):
             if not drifted:
                 return 0
             # Rows stay locked while we send: a claim of one of them waits for the stamp.
-            sent = self._sqs.send_batch([d.outgoing for d in drifted])
+            sent = self._send([d.outgoing for d in drifted])
             queries.stamp_sent(session, sent)
         self._record(drifted, set(sent))
         return len(sent)
@@ -97,7 +103,26 @@ class Reconciler(PeriodicLoop):
             )
         return found
 
-    def _record(self, drifted: list[Drifted], sent: set[object]) -> None:
+    def _send(self, items: list[Outgoing]) -> list[uuid.UUID]:
+        """Send what SQS takes within SEND_BUDGET_SECONDS; the ids it confirmed.
+
+        A slow or failing SQS ends the sending early rather than the transaction: what was
+        sent is stamped, the rest is found again by the next pass (a hold past the lock's
+        limit would roll the stamps back and make every message a duplicate next time).
+        """
+        deadline = time.monotonic() + SEND_BUDGET_SECONDS
+        sent: list[uuid.UUID] = []
+        for start in range(0, len(items), SEND_CHUNK):
+            try:
+                sent += self._sqs.send_batch(items[start : start + SEND_CHUNK])
+            except JobqError as exc:
+                log.warning("re-sending stopped after %d job(s): %s", len(sent), exc)
+                break
+            if time.monotonic() > deadline:
+                break
+        return sent
+
+    def _record(self, drifted: list[Drifted], sent: set[uuid.UUID]) -> None:
         by_status = Counter(d.status.value for d in drifted if d.outgoing.job_id in sent)
         for status, n in by_status.items():
             RECONCILED.labels(status).inc(n)
