@@ -108,6 +108,12 @@ class Settings(BaseSettings):
     dispatch_interval_seconds: float = Field(1.0, gt=0)
     # How often the schedule ticker (it runs with the dispatcher) looks for due cron ticks.
     schedule_interval_seconds: float = Field(5.0, gt=0)
+    # Reconciler (re-sends queued/retrying jobs whose SQS message vanished: a purge, retention
+    # expiry, an emulator restarted). A job is due for it once visibility + margin passed since
+    # it should have been delivered; 0 s interval turns it off.
+    reconcile_interval_seconds: float = Field(15.0, ge=0)
+    reconcile_margin_seconds: float = Field(60.0, ge=0)
+    reconcile_batch_size: int = Field(500, ge=1, le=10_000)
 
     # Security.
     auth: str = "required"  # "disabled" turns API keys off (make dev does)
@@ -188,6 +194,11 @@ class Settings(BaseSettings):
     def effective_lease_margin(self) -> float:
         """The lease margin, at most a quarter of the lease (so renewals still fit in it)."""
         return min(self.lease_margin_seconds, self.visibility_timeout_seconds / 4)
+
+    @property
+    def reconcile_after_seconds(self) -> float:
+        """How long past its due time a job waits for a delivery before it is re-sent."""
+        return self.visibility_timeout_seconds + self.reconcile_margin_seconds
 
     @property
     def effective_heartbeat_seconds(self) -> float:

@@ -9,7 +9,6 @@ from app.auth import models as auth_models  # noqa: F401 - registers the tables 
 from app.config import get_settings
 from app.db import Base, normalize_url
 from app.jobs import models, workers  # noqa: F401
-from app.jobs import models  # noqa: F401
 from app.schedules import models as schedule_models  # noqa: F401
 
 config = context.config

@@ -54,6 +54,8 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
         JOBQ_BACKOFF_CAP_SECONDS=str(settings.backoff_cap_seconds),
         JOBQ_WORKER_CONCURRENCY=str(settings.worker_concurrency),
         JOBQ_SHUTDOWN_GRACE_SECONDS=str(settings.shutdown_grace_seconds),
+        JOBQ_RECONCILE_INTERVAL_SECONDS=str(settings.reconcile_interval_seconds),
+        JOBQ_RECONCILE_MARGIN_SECONDS=str(settings.reconcile_margin_seconds),
         JOBQ_TASK_MODULES=settings.task_modules,
         JOBQ_LOG_FORMAT="json",
         JOBQ_METRICS_PORT="0",
@@ -95,6 +97,27 @@ def run_echo_job(api: Any, db: Any, timeout: float = 30) -> str:
         what=f"job {job_id} to succeed within {timeout} s",
     )
     return job_id
+
+
+def delete_messages(client: Any, queue_url: str, limit: int | None = None) -> int:
+    """Receive and delete visible messages behind jobq's back (all, or up to `limit`); how
+    many. SQS allows one PurgeQueue a minute; this works any time."""
+    deleted = 0
+    while limit is None or deleted < limit:
+        want = 10 if limit is None else min(10, limit - deleted)
+        reply = client.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=want)
+        batch = reply.get("Messages", [])
+        if not batch:
+            break
+        entries = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(batch)]
+        client.delete_message_batch(QueueUrl=queue_url, Entries=entries)
+        deleted += len(batch)
+    return deleted
+
+
+def log_mentions(path: Path, text: str, *, after: int = 0) -> bool:
+    """True if the log file at `path` holds `text` past byte `after`."""
+    return path.exists() and text.encode() in path.read_bytes()[after:]
 
 
 def free_port() -> int:

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg2
 import pytest
 from fastapi.testclient import TestClient
@@ -26,8 +27,15 @@ from fastapi.testclient import TestClient
 from app.api.app import create_app
 from app.cli.dev import SqsServer, start_postgres
 from app.migrate import upgrade
+from app.sqs.queue import make_sqs_client
 from tests.conftest import create_database, make_settings
-from tests.helpers import start_worker_process, wait_for
+from tests.helpers import (
+    api_process,
+    delete_messages,
+    log_mentions,
+    start_worker_process,
+    wait_for,
+)
 from tests.tasks import EXECUTIONS_DDL
 
 JOBS = int(os.environ.get("JOBQ_DRILL_JOBS", "120"))
@@ -270,3 +278,79 @@ def _count(conn: Any, sql: str) -> int:
     with conn.cursor() as cur:
         cur.execute(sql)
         return int(cur.fetchone()[0])
+
+
+# A job whose message vanished counts as drifted 5 s (visibility) + 0.5 s after it was due.
+RECONCILE_FAST = {
+    "visibility_timeout_seconds": 5,
+    "heartbeat_seconds": 1.0,
+    "reconcile_interval_seconds": 0.2,
+    "reconcile_margin_seconds": 0.5,
+}
+
+
+def test_drill_sqs_messages_deleted_behind_jobqs_back(
+    database_url: str, sqs_endpoint: str, db: Any, workers: Any
+) -> None:
+    settings = make_settings(database_url, sqs_endpoint, **RECONCILE_FAST)
+    started = time.monotonic()
+    with TestClient(create_app(settings)) as api:
+        accepted = _submit_batch(api, JOBS)
+        wait_for(lambda: _count(db, "SELECT count(*) FROM jobs WHERE published_at IS NULL") == 0)
+        # Half the queued jobs lose their message (an operator's cleanup, a retention expiry).
+        deleted = delete_messages(make_sqs_client(settings), settings.sqs_queue_url, JOBS // 2)
+        for _ in range(2):
+            workers(settings)
+        wait_for(lambda: _all_final(db, accepted), timeout=120 + JOBS / 5, interval=0.3)
+        result = _report(db, f"{deleted} queued jobs' SQS messages deleted", accepted, started)
+    assert deleted == JOBS // 2
+    assert result.lost == 0 and result.concurrent_executions == 0
+    assert result.duplicate_executions == 0 and result.succeeded == result.accepted
+
+
+def test_drill_two_api_processes_reconciler_leader_killed(
+    database_url: str, sqs_endpoint: str, db: Any, workers: Any, tmp_path: Path
+) -> None:
+    settings = make_settings(database_url, sqs_endpoint, **RECONCILE_FAST)
+    logs = [tmp_path / "api-a.log", tmp_path / "api-b.log"]
+    started = time.monotonic()
+    with api_process(settings, logs[0]) as a, api_process(settings, logs[1]) as b:
+        with httpx.Client(base_url=a[0], timeout=30) as api:
+            accepted = _submit_batch(api, JOBS)
+        wait_for(lambda: _count(db, "SELECT count(*) FROM jobs WHERE published_at IS NULL") == 0)
+        make_sqs_client(settings).purge_queue(QueueUrl=settings.sqs_queue_url)
+        # The process that repairs the loss led that pass: SIGKILL it.
+        first = wait_for(
+            lambda: [i for i, log in enumerate(logs) if log_mentions(log, "re-sent")],
+            timeout=30,
+            what="an API process to re-send the purged jobs",
+        )[0]
+        (_, leader), survivor = (a, logs[1]) if first == 0 else (b, logs[0])
+        seen = survivor.stat().st_size
+        os.killpg(leader.pid, signal.SIGKILL)
+        leader.wait(10)
+        killed = time.monotonic()
+        # Lost again (deleted: SQS allows one purge a minute); only the survivor is left. Each
+        # message once: on a slow machine the survivor may re-send some while we delete.
+        delete_messages(make_sqs_client(settings), settings.sqs_queue_url, len(accepted))
+        deleting = time.monotonic() - killed
+        wait_for(
+            lambda: log_mentions(survivor, "re-sent", after=seen),
+            timeout=30,
+            what="the surviving API process to take over",
+        )
+        takeover = time.monotonic() - killed
+        for _ in range(2):
+            workers(settings)
+        wait_for(lambda: _all_final(db, accepted), timeout=120 + JOBS / 5, interval=0.3)
+        result = _report(
+            db,
+            f"2 API processes, reconciler leader killed (takeover {takeover:.1f} s)",
+            accepted,
+            started,
+        )
+    # Due again visibility + margin after the leader's re-send, and missing once deleted; then
+    # at most one interval (the rest is slack for a loaded machine).
+    assert takeover < deleting + 5 + 0.5 + 5, (takeover, deleting)
+    assert result.lost == 0 and result.concurrent_executions == 0
+    assert result.duplicate_executions == 0 and result.succeeded == result.accepted

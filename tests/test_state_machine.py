@@ -87,6 +87,11 @@ class JobLifecycle(RuleBasedStateMachine):
         self._apply(lambda s: transitions.requeue(s, ids=[self.job_id]))
 
     @rule()
+    def retry_waiting(self) -> None:
+        """Retry of a queued or retrying job (its message may be lost): it runs now."""
+        self._apply(lambda s: transitions.run_now(s, self.job_id))
+
+    @rule()
     def dead_letter(self) -> None:
         self._apply(lambda s: transitions.fail_dead_lettered(s, self.job_id, "dlq"))
 

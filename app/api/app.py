@@ -28,6 +28,7 @@ from app.auth.keys import KeySet, parse_env_keys
 from app.config import Settings, get_settings
 from app.errors import DatabaseUnavailable, JobqError
 from app.jobs.service import JobService
+from app.maintenance.reconciler import build_reconciler
 from app.maintenance.retention import Retention
 from app.observability import otel
 from app.observability.logs import configure_logging
@@ -107,6 +108,8 @@ def create_app(settings: Settings | None = None, *, tune_gc: bool = False) -> Fa
         )
         retention = Retention(runtime.sessions, retention_days=settings.retention_days)
         ticker = build_ticker(runtime, settings)
+        # Every API process runs it; a PostgreSQL advisory lock lets one pass run at a time.
+        reconciler = build_reconciler(runtime, settings)
         app.state.runtime = runtime
         app.state.publisher = publisher
         app.state.dispatcher = dispatcher
@@ -134,6 +137,8 @@ def create_app(settings: Settings | None = None, *, tune_gc: bool = False) -> Fa
             dispatcher.start()
             retention.start()
             ticker.start()
+            if reconciler is not None:
+                reconciler.start()
         if tune_gc:
             tune_gc_for_serving()
         try:
@@ -143,6 +148,8 @@ def create_app(settings: Settings | None = None, *, tune_gc: bool = False) -> Fa
             dispatcher.stop()
             retention.stop()
             ticker.stop()
+            if reconciler is not None:
+                reconciler.stop()
             sampler.stop()
             publisher.stop()
             runtime.close()

@@ -116,18 +116,22 @@ def _run_loop(loops: Sequence[BackgroundLoop]) -> int:
 
 
 def cmd_dispatcher(settings: Settings, args: argparse.Namespace) -> int:
-    """Only the dispatcher, retention and the schedule ticker (the API also runs them)."""
+    """Only the dispatcher, retention, the schedule ticker and the reconciler (the API also
+    runs them in-process)."""
+    from app.maintenance.reconciler import build_reconciler
     from app.maintenance.retention import Retention
     from app.outbox.dispatcher import build_dispatcher
     from app.runtime import build_runtime
     from app.schedules.ticker import build_ticker
 
     runtime = build_runtime(settings, pool_size=2)
-    loops = [
+    loops: list[BackgroundLoop] = [
         build_dispatcher(runtime, settings),
         Retention(runtime.sessions, retention_days=settings.retention_days),
         build_ticker(runtime, settings),
     ]
+    if (reconciler := build_reconciler(runtime, settings)) is not None:
+        loops.append(reconciler)
     return _run_loop(loops)
 
 
@@ -180,7 +184,10 @@ COMMANDS: dict[str, tuple[Callable[[Settings, argparse.Namespace], int], str]] =
     "api": (cmd_api, "serve the HTTP API (HOST, PORT)"),
     "worker": (cmd_worker, "run a worker until SIGTERM"),
     "migrate": (cmd_migrate, "apply database migrations"),
-    "dispatcher": (cmd_dispatcher, "re-publish jobs whose SQS publish was not confirmed"),
+    "dispatcher": (
+        cmd_dispatcher,
+        "re-publish unconfirmed jobs, re-send lost ones, prune old ones",
+    ),
     "dlq-consumer": (cmd_dlq_consumer, "mark dead-lettered jobs failed and drain the DLQ"),
     "dlq": (cmd_dlq, "list failed jobs or redrive them: dlq list|redrive [--task ...]"),
     "dev": (cmd_dev, "run everything locally on embedded PostgreSQL and SQS"),

@@ -189,6 +189,92 @@ def make_due(session: Session, job_id: uuid.UUID) -> bool:
         .returning(Job.id)
     )
     return session.execute(stmt).first() is not None
+# Jobs of some priorities that should have a message in their queue: every running one (its
+# message is in flight) and every queued or retrying one whose send SQS confirmed more than
+# :settle seconds ago (younger sends may not show in SQS's approximate counts yet) or before
+# the queue was created (it cannot be in there).
+_EXPECTED = text(
+    """SELECT count(*) FROM jobs
+       WHERE priority = ANY(:priorities)
+         AND (status = 'running'
+              OR (status IN ('queued', 'retrying')
+                  AND (published_at < now() - make_interval(secs => :settle)
+                       OR published_at < to_timestamp(:created))))"""
+)
+
+
+def expected_messages(
+    session: Session, priorities: Sequence[str], *, settle_seconds: float, queue_created: float
+) -> int:
+    """How many jobs of these priorities should have a message in SQS (the reconciler's gate)."""
+    params = {"priorities": list(priorities), "settle": settle_seconds, "created": queue_created}
+    return int(session.scalar(_EXPECTED, params) or 0)
+
+
+# A job's message has gone missing when it should have been received and claimed long ago: its
+# send (published_at), its due time (run_at) or its dead holder's lease (plus the margin a new
+# claim waits) lies more than :after seconds back; or it was sent before its queue was created
+# (the queue was deleted and made again, e.g. an emulator restarted). Never while a lease is
+# live. Oldest first: retention expiry loses the oldest messages.
+_DRIFTED = text(
+    f"""SELECT id, trace_id, priority, status, {_DELAY_LEFT.text}
+        FROM jobs
+        WHERE status IN ('queued', 'retrying', 'running') AND priority = ANY(:priorities)
+          AND published_at IS NOT NULL
+          AND (lease_expires_at IS NULL
+               OR lease_expires_at + make_interval(secs => :lease_margin) < now())
+          AND (greatest(published_at, run_at,
+                        lease_expires_at + make_interval(secs => :lease_margin))
+                 < now() - make_interval(secs => :after)
+               OR published_at < to_timestamp(:created))
+        ORDER BY greatest(published_at, run_at) LIMIT :limit
+        FOR UPDATE SKIP LOCKED"""
+)
+
+
+@dataclass(frozen=True)
+class Drifted:
+    """A job whose message is missing from SQS, to be sent again."""
+
+    outgoing: Outgoing
+    status: JobStatus
+
+
+def claim_drifted(
+    session: Session,
+    priorities: Sequence[str],
+    *,
+    after_seconds: float,
+    lease_margin: float,
+    queue_created: float,
+    limit: int,
+) -> list[Drifted]:
+    """Lock up to `limit` jobs of these priorities whose message should long have been claimed
+    (see _DRIFTED); SKIP LOCKED: a claim in progress is left to finish."""
+    params = {
+        "priorities": list(priorities),
+        "after": after_seconds,
+        "lease_margin": lease_margin,
+        "created": queue_created,
+        "limit": limit,
+    }
+    return [
+        Drifted(Outgoing(r.id, r.trace_id, int(r.delay_left or 0), r.priority), JobStatus(r.status))
+        for r in session.execute(_DRIFTED, params)
+    ]
+
+
+_STAMP_SENT = text(
+    "UPDATE jobs SET published_at = now() WHERE id IN ("
+    " SELECT id FROM jobs WHERE id = ANY(CAST(:ids AS uuid[]))"
+    " AND status IN ('queued', 'retrying', 'running') ORDER BY id FOR UPDATE)"
+)
+
+
+def stamp_sent(session: Session, job_ids: Sequence[uuid.UUID]) -> None:
+    """Record a re-send: the job's next chance to drift starts now (no status write)."""
+    if job_ids:
+        session.execute(_STAMP_SENT, {"ids": [str(i) for i in job_ids]})
 
 
 def prune_finished(session: Session, *, older_than_days: float, limit: int) -> int:

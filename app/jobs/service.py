@@ -406,10 +406,13 @@ class JobService:
         return self.workflow(workflow_id)
 
     def retry(self, job_id: uuid.UUID) -> JobOut:
-        """Re-enqueue a failed or cancelled job as a new attempt series (history kept)."""
+        """Re-enqueue a failed or cancelled job as a new attempt series (history kept); send a
+        queued or retrying one again, to run now (its message may have been lost)."""
         try:
             with translate_db_errors(), self._sessions.begin() as session:
-                jobs = transitions.requeue(session, ids=[job_id])
+                jobs = transitions.requeue(session, ids=[job_id]) or transitions.run_now(
+                    session, job_id
+                )
                 if not jobs:
                     self._explain_refusal(session, job_id, "retry")
         except IntegrityError as exc:

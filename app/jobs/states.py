@@ -30,8 +30,9 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     S.WAITING: frozenset(),
     # SCHEDULED -> QUEUED when the dispatcher sends it; WAITING -> QUEUED in the transaction
     # that finishes its last parent; FAILED/CANCELLED -> QUEUED on retry or redrive (a new
-    # attempt series).
-    S.QUEUED: frozenset({S.SCHEDULED, S.WAITING, S.FAILED, S.CANCELLED}),
+    # attempt series); QUEUED/RETRYING -> QUEUED on retry of a job waiting for its delivery
+    # (it runs now, its series goes on).
+    S.QUEUED: frozenset({S.SCHEDULED, S.WAITING, S.FAILED, S.CANCELLED, S.QUEUED, S.RETRYING}),
     # A claim; RUNNING -> RUNNING only when the previous holder's lease expired (checked in SQL).
     S.RUNNING: frozenset({S.QUEUED, S.RETRYING, S.RUNNING}),
     S.RETRYING: frozenset({S.RUNNING}),
@@ -48,6 +49,8 @@ FINAL: frozenset[JobStatus] = frozenset({S.SUCCEEDED, S.FAILED, S.CANCELLED})
 # Cancel takes effect at once from these; a running job gets a cancellation request instead.
 CANCELLABLE_NOW: frozenset[JobStatus] = frozenset({S.WAITING, S.SCHEDULED, S.QUEUED, S.RETRYING})
 RETRYABLE_BY_USER: frozenset[JobStatus] = frozenset({S.FAILED, S.CANCELLED})
+# Retry on one of these sends the job again to run now (no new series): its message may be lost.
+RUNNABLE_NOW_BY_USER: frozenset[JobStatus] = frozenset({S.QUEUED, S.RETRYING})
 
 
 def sources(target: JobStatus) -> frozenset[JobStatus]:

@@ -17,7 +17,14 @@ from sqlalchemy import Connection, Row, Select, bindparam, select, text, update
 from sqlalchemy.orm import Session
 
 from app.jobs.models import Job
-from app.jobs.states import CANCELLABLE_NOW, FINAL, RETRYABLE_BY_USER, JobStatus, sources
+from app.jobs.states import (
+    CANCELLABLE_NOW,
+    FINAL,
+    RETRYABLE_BY_USER,
+    RUNNABLE_NOW_BY_USER,
+    JobStatus,
+    sources,
+)
 
 S = JobStatus
 # Every transition runs on an ORM session or on a Core connection (the worker's hot path).
@@ -594,3 +601,21 @@ def cancel_workflow(session: Session, workflow_id: uuid.UUID) -> tuple[list[uuid
 
 def _uuid(value: Any) -> uuid.UUID:
     return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+def run_now(session: Session, job_id: uuid.UUID) -> list[Row[Any]]:
+    """queued|retrying -> queued, due now, its send unconfirmed (retry of a waiting job).
+
+    The attempt series and its counts go on; only the wait ends. The caller publishes it
+    (and the dispatcher re-sends it if that send is lost), so a job whose message vanished
+    runs again; if the message was there after all, the second one is a harmless duplicate.
+    Same columns as requeue()."""
+    stmt = (
+        update(Job)
+        .where(
+            Job.id == job_id,
+            Job.status.in_(_allowed([S.QUEUED], list(RUNNABLE_NOW_BY_USER))),
+        )
+        .values(status=S.QUEUED.value, run_at=None, published_at=None, updated_at=_NOW)
+        .returning(Job.id, Job.status, Job.trace_id, Job.run_at, Job.priority)
+        .execution_options(synchronize_session=False)
+    )
+    return list(session.execute(stmt).all())  # type: ignore[arg-type]

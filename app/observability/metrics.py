@@ -50,6 +50,13 @@ DLQ_REDELIVERED = Counter(
     "jobq_dlq_redelivered_total",
     "Dead-lettered jobs that had not finished, sent back to their queue by the DLQ consumer",
 )
+# Counted by the reconciler (app/maintenance/reconciler.py): each one is a job whose SQS message
+# had vanished (a purge, retention expiry, an emulator restarted), labelled by the job's status.
+RECONCILED = Counter(
+    "jobq_reconciled_total",
+    "Jobs re-sent to SQS because their message was missing (reconciler)",
+    ["status"],
+)
 IN_FLIGHT = Gauge(
     "jobq_jobs_in_flight", "Jobs this worker is running now", multiprocess_mode="livesum"
 )

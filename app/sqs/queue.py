@@ -73,6 +73,18 @@ class Message:
     queue_url: str
 
 
+# Every priority a job may have, highest first; each maps to a queue (SqsQueue.url_for).
+PRIORITIES = ("high", "default", "low")
+
+
+@dataclass(frozen=True)
+class QueueCounts:
+    """What GetQueueAttributes tells about one queue (approximate, as SQS says)."""
+
+    messages: int  # visible + in flight + delayed
+    created: float  # CreatedTimestamp, seconds since the epoch (0 when the server omits it)
+
+
 @dataclass(frozen=True)
 class Outgoing:
     """A job id to publish, with optional trace context and delay."""
@@ -150,7 +162,7 @@ class SqsQueue:
     def distinct_urls(self) -> list[str]:
         """Each queue once, in priority order (high, default, low)."""
         urls: list[str] = []
-        for priority in ("high", "default", "low"):
+        for priority in PRIORITIES:
             url = self.url_for(priority)
             if url not in urls:
                 urls.append(url)
@@ -242,6 +254,18 @@ class SqsQueue:
             )
         return dict(resp.get("Attributes", {}))
 
+    def counts(self, queue_url: str) -> QueueCounts:
+        """How many messages the queue holds in any state, and when it was created."""
+        with translate_sqs_errors("GetQueueAttributes"):
+            resp = self.client.get_queue_attributes(QueueUrl=queue_url, AttributeNames=COUNTED)
+        attrs = resp.get("Attributes", {})
+        held = sum(int(attrs.get(name, 0)) for name in COUNTED[:3])
+        return QueueCounts(held, float(attrs.get("CreatedTimestamp", 0)))
+
+    def priorities_of(self, queue_url: str) -> list[str]:
+        """The priorities whose jobs go to `queue_url`."""
+        return [p for p in PRIORITIES if self.url_for(p) == queue_url]
+
     def redrive_policy(self, queue_url: str | None = None) -> dict[str, Any] | None:
         """The queue's RedrivePolicy (main queue by default), or None when it has none."""
         raw = self.attributes(queue_url).get("RedrivePolicy")
@@ -270,6 +294,14 @@ class SqsQueue:
 
 
 T = TypeVar("T")
+
+
+COUNTED = [
+    "ApproximateNumberOfMessages",
+    "ApproximateNumberOfMessagesNotVisible",
+    "ApproximateNumberOfMessagesDelayed",
+    "CreatedTimestamp",
+]
 
 
 def _chunks_by_queue(

@@ -11,7 +11,7 @@ from fastapi.responses import FileResponse, HTMLResponse
 from app.api.dashboard import actions, ops
 from app.api.dashboard.common import HERE, jobs, page
 from app.api.dashboard.search import search_page
-from app.jobs.states import CANCELLABLE_NOW, RETRYABLE_BY_USER, JobStatus
+from app.jobs.states import CANCELLABLE_NOW, RETRYABLE_BY_USER, RUNNABLE_NOW_BY_USER, JobStatus
 from app.observability.stats import snapshot
 
 router = APIRouter(prefix="/dashboard", include_in_schema=False)
@@ -67,7 +67,7 @@ def job_detail(job_id: uuid.UUID, request: Request) -> HTMLResponse:
         attempts=attempts,
         attempts_shown=ATTEMPTS_SHOWN,
         due=due,
-        can_retry=status in RETRYABLE_BY_USER,
+        can_retry=status in RETRYABLE_BY_USER | RUNNABLE_NOW_BY_USER,
         can_cancel=status in CANCELLABLE_NOW | {JobStatus.RUNNING},
         can_run_now=status is JobStatus.SCHEDULED,
         refresh=None if status in RETRYABLE_BY_USER | {JobStatus.SUCCEEDED} else 5,

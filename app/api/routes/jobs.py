@@ -149,7 +149,8 @@ def cancel_job(job_id: uuid.UUID, request: Request, response: Response) -> JobOu
 
 @router.post("/jobs/{job_id}/retry", response_model=JobOut, responses=_ERRORS)
 def retry_job(job_id: uuid.UUID, request: Request) -> JobOut:
-    """Run a failed or cancelled job again as a new attempt series; other statuses: 409."""
+    """Run a failed or cancelled job again as a new attempt series; send a queued or
+    retrying job again, to run now; other statuses: 409."""
     return JobOut.model_validate(_service(request).retry(job_id))
 
 
