@@ -31,7 +31,15 @@ from jobq.errors import (
     WaitTimeout,
 )
 from jobq.errors import error_from_response as _error_from_response
-from jobq.models import Attempt, BatchResult, Job, JobPage, JobRequest, ListFilters
+from jobq.models import (
+    Attempt,
+    BatchResult,
+    Control,
+    Job,
+    JobPage,
+    JobRequest,
+    ListFilters,
+)
 
 T = TypeVar("T")
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -311,3 +319,23 @@ def wait(config: Config, job: JobRef, timeout: float | None) -> Op[Job]:
         pause = MIN_POLL_INTERVAL - (now - started)
         if pause > 0:
             yield Sleep(pause if deadline is None else min(pause, deadline - now))
+
+
+def control_path(task: str | None, queue: str | None, suffix: str) -> str:
+    """/tasks/{task}{suffix} or /queues/{queue}{suffix}: exactly one of the two is given."""
+    if (task is None) == (queue is None):
+        raise TypeError("give exactly one of task= or queue=")
+    kind, name = ("tasks", task) if task is not None else ("queues", queue)
+    return f"/{kind}/{urllib.parse.quote(str(name), safe='')}{suffix}"
+
+
+def control(config: Config, path: str, method: str = "GET", body: Any = None) -> Op[Control]:
+    """GET/PATCH .../controls, POST .../pause|resume (each repeatable: idempotent)."""
+    call = Call(method, path, json=body, idempotent=True)
+    return Control.model_validate((yield from request(config, call)))
+
+
+def list_controls(config: Config) -> Op[list[Control]]:
+    """GET /controls."""
+    data = yield from request(config, Call("GET", "/controls"))
+    return [Control.model_validate(c) for c in data["controls"]]

@@ -60,6 +60,11 @@ class Job(_Model):
     idempotency_key: str | None = None
     cancel_requested_at: datetime | None = None
     dead_lettered_at: datetime | None = None
+    queue: str = "default"  # the named queue it was routed to
+    progress: float | None = None  # ctx.progress() of its current (or last) run, 0..1
+    progress_message: str | None = None
+    progress_at: datetime | None = None
+    callback_url: str | None = None
 
     @property
     def final(self) -> bool:
@@ -93,6 +98,8 @@ class SubmitOptions(TypedDict, total=False):
     delay_seconds: int
     max_attempts: int
     timeout_seconds: float
+    queue: str
+    callback_url: str
 
 
 class JobRequest(_Model):
@@ -106,6 +113,8 @@ class JobRequest(_Model):
     delay_seconds: int | None = None
     max_attempts: int | None = None
     timeout_seconds: float | None = None
+    queue: str | None = None
+    callback_url: str | None = None
 
     def body(self, *, key: str | None = None) -> dict[str, Any]:
         """The JSON body; `key` is used when no idempotency_key was given."""
@@ -161,3 +170,18 @@ class JobPage(_Model):
 
     items: list[Job]
     next_cursor: str | None
+
+
+class Control(_Model):
+    """A task's or queue's pause and limits: set at run time, declared in code, in effect."""
+
+    scope: Literal["task", "queue"]
+    name: str
+    paused: bool = False
+    max_concurrency: int | None = None
+    rate_limit: str | None = None
+    declared_max_concurrency: int | None = None
+    declared_rate_limit: str | None = None
+    effective_max_concurrency: int | None = None
+    effective_rate_limit: str | None = None
+    running: int | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -98,7 +99,7 @@ def db(database_url: str) -> Iterator[Any]:
     """A psycopg2 connection (autocommit) to the test database, emptied before the test."""
     conn = _admin_connect(database_url)
     with conn.cursor() as cur:
-        cur.execute("TRUNCATE jobs, job_attempts, test_executions, api_keys")
+        cur.execute("TRUNCATE jobs, job_attempts, test_executions, api_keys, flow_controls")
     yield conn
     conn.close()
 
@@ -178,6 +179,17 @@ def worker_factory(settings: Settings) -> Iterator[Any]:
     for w, rt in started:
         w.stop(grace=5)
         rt.close()
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Worker processes started by a test; all are killed at teardown."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            p.kill()
+        p.wait(10)
 
 
 @pytest.fixture

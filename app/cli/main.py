@@ -187,6 +187,13 @@ COMMANDS: dict[str, tuple[Callable[[Settings, argparse.Namespace], int], str]] =
     "status": (cmd_client, "show one job: status ID"),
     "list": (cmd_client, "list jobs: list [--status S] [--task T] [--limit N]"),
     "stats": (cmd_client, "counts, queue depths, throughput and recent failures"),
+    "pause": (cmd_client, "pause a task or queue: pause task|queue NAME"),
+    "resume": (cmd_client, "resume a task or queue: resume task|queue NAME"),
+    "limits": (
+        cmd_client,
+        "show or set a task's limits: limits TASK [--max-concurrency N] [--rate-limit 100/minute]",
+    ),
+    "controls": (cmd_client, "list paused and limited tasks and queues"),
 }
 
 
@@ -245,9 +252,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "dev" and "JOBQ_LOG_FORMAT" not in os.environ:
         settings = settings.model_copy(update={"log_format": "console"})
-    if args.command in ("dlq", "keys", "submit", "status", "list", "stats") and (
-        "JOBQ_LOG_LEVEL" not in os.environ
-    ):
+    quiet = ("dlq", "keys", "submit", "status", "list", "stats", "pause", "resume", "limits")
+    if args.command in (*quiet, "controls") and ("JOBQ_LOG_LEVEL" not in os.environ):
         settings = settings.model_copy(update={"log_level": "WARNING"})  # keep stdout for output
     configure_logging(settings)
     handler, _ = COMMANDS[args.command]

@@ -33,10 +33,11 @@ class JobView:
     crashes: int = 0
     redeliveries: int = 0
     priority: str = "default"
+    queue: str = "default"
 
 
 _VIEW = text(
-    """SELECT status, attempts, max_attempts, failures, crashes, redeliveries, priority,
+    """SELECT status, attempts, max_attempts, failures, crashes, redeliveries, priority, queue,
               coalesce(extract(epoch FROM lease_expires_at - now()), 0) AS lease_left,
               greatest(0, extract(epoch FROM run_at - now())) AS run_left
        FROM jobs WHERE id = :id"""
@@ -58,6 +59,7 @@ def view(session: Session | Connection, job_id: uuid.UUID) -> JobView | None:
         row.crashes,
         row.redeliveries,
         row.priority,
+        row.queue,
     )
 
 
@@ -129,7 +131,7 @@ def claim_unpublished(session: Session, *, older_than_seconds: float, limit: int
     retrying ones whose next run is within SQS's delay window (SKIP LOCKED: dispatchers share
     the work)."""
     stmt = (
-        select(Job.id, Job.trace_id, Job.priority, _DELAY_LEFT)
+        select(Job.id, Job.trace_id, Job.priority, _DELAY_LEFT, Job.queue)
         .where(
             Job.status.in_([JobStatus.QUEUED.value, JobStatus.RETRYING.value]),
             Job.published_at.is_(None),
@@ -144,7 +146,7 @@ def claim_unpublished(session: Session, *, older_than_seconds: float, limit: int
         .with_for_update(skip_locked=True)
     )
     rows = session.execute(stmt, {"after": older_than_seconds}).all()
-    return [Outgoing(r[0], r[1], int(r[3] or 0), r[2]) for r in rows]
+    return [Outgoing(r[0], r[1], int(r[3] or 0), r[2], r[4]) for r in rows]
 
 
 # Seconds until run_at, rounded up so SQS never delivers early, within SQS's 15-minute limit.
@@ -157,7 +159,7 @@ _DELAY_LEFT = text(
 def claim_due_scheduled(session: Session, *, limit: int) -> list[Outgoing]:
     """Lock scheduled jobs due within SQS's delay window; they are sent with the delay left."""
     stmt = (
-        select(Job.id, Job.trace_id, Job.priority, _DELAY_LEFT)
+        select(Job.id, Job.trace_id, Job.priority, _DELAY_LEFT, Job.queue)
         .where(
             Job.status == JobStatus.SCHEDULED.value,
             Job.run_at <= text(f"now() + interval '{MAX_DELAY_SECONDS} seconds'"),
@@ -166,7 +168,8 @@ def claim_due_scheduled(session: Session, *, limit: int) -> list[Outgoing]:
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
-    return [Outgoing(r[0], r[1], int(r[3] or 0), r[2]) for r in session.execute(stmt).all()]
+    rows = session.execute(stmt).all()
+    return [Outgoing(r[0], r[1], int(r[3] or 0), r[2], r[4]) for r in rows]
 
 
 def prune_finished(session: Session, *, older_than_days: float, limit: int) -> int:
@@ -207,3 +210,36 @@ def failed_jobs(
     if dead_lettered_only:
         stmt = stmt.where(Job.dead_lettered_at.isnot(None))
     return list(session.scalars(stmt.order_by(Job.finished_at.desc()).limit(limit)))
+
+
+_PROGRESS = text(
+    """
+    UPDATE jobs AS j SET progress = v.fraction, progress_message = v.message,
+                         progress_at = now()
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS int[]), CAST(:fractions AS float8[]),
+                CAST(:messages AS text[])) AS v(id, attempt, fraction, message)
+    WHERE j.id = v.id
+      AND j.id IN (SELECT id FROM jobs WHERE id = ANY(CAST(:ids AS uuid[])) ORDER BY id
+                   FOR UPDATE)
+      AND j.status = 'running' AND j.worker_id = :worker AND j.attempts = v.attempt
+    """
+)
+
+
+def write_progress(
+    conn: Connection | Session,
+    worker_id: str,
+    reports: Sequence[tuple[uuid.UUID, int, float, str | None]],
+) -> None:
+    """Record (job id, attempt, fraction, message) reports of runs this worker still holds."""
+    if reports:
+        conn.execute(
+            _PROGRESS,
+            {
+                "ids": [str(r[0]) for r in reports],
+                "attempts": [r[1] for r in reports],
+                "fractions": [r[2] for r in reports],
+                "messages": [r[3] for r in reports],
+                "worker": worker_id,
+            },
+        )

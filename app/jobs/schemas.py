@@ -38,6 +38,10 @@ class JobCreate(BaseModel):
     priority: Priority = "default"
     max_attempts: int | None = Field(None, ge=1, le=1000)
     timeout_seconds: float | None = Field(None, gt=0, le=12 * 3600)
+    # The named queue (default: the task's declared queue, else "default").
+    queue: SafeStr | None = Field(None, min_length=1, max_length=64, examples=["media"])
+    # POSTed the job's JSON, signed, once the job reaches a final status.
+    callback_url: SafeStr | None = Field(None, min_length=8, max_length=2048)
 
 
 class JobBatchCreate(BaseModel):
@@ -94,6 +98,12 @@ class JobOut(BaseModel):
     idempotency_key: str | None = None
     cancel_requested_at: datetime | None = None
     dead_lettered_at: datetime | None = None
+    queue: str = "default"
+    # ctx.progress(fraction, message) of the current run (kept once it ends).
+    progress: float | None = None
+    progress_message: str | None = None
+    progress_at: datetime | None = None
+    callback_url: str | None = None
     # Fields too large to show here: payload/result replaced by {"truncated": true, "bytes": N},
     # error cut short (GET /jobs/{id} shows a job whole; docs/operations-limits.md).
     truncated_fields: list[Literal["payload", "result", "error"]] = []

@@ -20,6 +20,7 @@ from app.config import Settings
 from app.db import HeldConnections, translate_db_errors
 from app.errors import Conflict, InvalidInput, JobqError, NotFound
 from app.jobs import queries, transitions, views
+from app.jobs.callbacks import check_callback_url
 from app.jobs.models import Job
 from app.jobs.notify import FinalListener, listen_connection
 from app.jobs.schemas import AttemptOut, JobCreate, JobOut, RedriveRequest
@@ -31,7 +32,7 @@ from app.outbox.group_commit import GroupCommit, Row
 from app.outbox.publisher import Publisher
 from app.sqs.limits import MAX_DELAY_SECONDS
 from app.sqs.queue import Outgoing
-from app.tasks.registry import Registry
+from app.tasks.registry import Registry, TaskSpec
 
 log = logging.getLogger("jobq.jobs")
 # The longest GET /jobs/{id}?wait=N may hold a request (seconds): short enough for proxies'
@@ -136,6 +137,8 @@ class JobService:
             "timeout_seconds": req.timeout_seconds or spec.timeout_seconds,
             "trace_id": trace_id,
             "priority": req.priority,
+            "queue": self._queue_for(req, spec),
+            "callback_url": check_callback_url(req.callback_url),
             "run_at": run_at if run_at is not None and run_at > now else None,
         }
         if key is not None:
@@ -145,6 +148,17 @@ class JobService:
                 idempotency_expires_at=now + timedelta(seconds=self._settings.idempotency_ttl),
             )
         return row
+
+    def _queue_for(self, req: JobCreate, spec: TaskSpec) -> str:
+        """The named queue of a new job: asked for, else the task's, else "default"."""
+        queue = req.queue or spec.queue or "default"
+        if queue not in self._settings.queue_names:
+            known = ", ".join(self._settings.queue_names)
+            raise InvalidInput(
+                f"unknown queue {queue!r} (known: {known}; JOBQ_QUEUE_URLS names the others)",
+                field="queue",
+            )
+        return queue
 
     async def submit_async(
         self, req: JobCreate, *, trace_id: str | None = None, header_key: str | None = None
@@ -243,14 +257,16 @@ class JobService:
                 extra = {"job_id": str(r["id"]), "task": r["task"], "trace_id": r["trace_id"]}
                 log.info("job submitted", extra=extra)
             if r["status"] == JobStatus.QUEUED.value:
-                out = _outgoing(r["id"], r["trace_id"], r["run_at"], r["priority"])
+                out = _outgoing(r["id"], r["trace_id"], r["run_at"], r["priority"], r["queue"])
                 self._publisher.publish(out)
 
     def _publish(self, jobs: Sequence[Any]) -> None:
         """Publish re-enqueued jobs, after their commit."""
         for job in jobs:
             if job.status == JobStatus.QUEUED.value:
-                self._publisher.publish(_outgoing(job.id, job.trace_id, job.run_at, job.priority))
+                self._publisher.publish(
+                    _outgoing(job.id, job.trace_id, job.run_at, job.priority, job.queue)
+                )
 
     # -- read -------------------------------------------------------------------------------
 
@@ -349,12 +365,12 @@ class JobService:
 
 
 def _outgoing(
-    job_id: uuid.UUID, trace_id: str | None, run_at: datetime | None, priority: str
+    job_id: uuid.UUID, trace_id: str | None, run_at: datetime | None, priority: str, queue: str
 ) -> Outgoing:
     delay = 0
     if run_at is not None:
         delay = max(0, int((run_at - datetime.now(UTC)).total_seconds() + 0.999))
-    return Outgoing(job_id, trace_id, min(delay, MAX_DELAY_SECONDS), priority)
+    return Outgoing(job_id, trace_id, min(delay, MAX_DELAY_SECONDS), priority, queue)
 
 
 def _key(header: str | None, body: str | None) -> str | None:

@@ -72,6 +72,7 @@ class Claimed:
     failures: int = 0  # failed runs so far (max_attempts limits these)
     series: int = 1
     priority: str = "default"
+    queue: str = "default"
 
 
 _CLAIM = text(
@@ -86,7 +87,8 @@ _CLAIM = text(
             crashes = j.crashes + CAST(prev.status = 'running' AS int), worker_id = :worker,
             lease_expires_at = now() + make_interval(secs => :lease),
             started_at = coalesce(j.started_at, now()), updated_at = now(),
-            published_at = coalesce(j.published_at, now())
+            published_at = coalesce(j.published_at, now()),
+            progress = NULL, progress_message = NULL, progress_at = NULL
         FROM prev
         WHERE {BY_ID} AND j.id = prev.id AND j.failures < j.max_attempts
           AND j.crashes + CAST(prev.status = 'running' AS int) < :max_crashes
@@ -96,7 +98,7 @@ _CLAIM = text(
                                         < now())
           AND (j.run_at IS NULL OR j.run_at <= now() + interval '1 second')
         RETURNING j.id, j.task, j.payload, j.attempts, j.failures, j.max_attempts, j.series,
-                  j.priority, j.timeout_seconds, j.trace_id, now() AS started,
+                  j.priority, j.queue, j.timeout_seconds, j.trace_id, now() AS started,
                   prev.status AS prev_status, prev.worker_id AS prev_worker, prev.queued_at
     ), lost AS (
         -- The previous run's worker died holding the job: record that run as lost.
@@ -150,6 +152,7 @@ def claim_many(
             failures=row.failures,
             series=row.series,
             priority=row.priority,
+            queue=row.queue,
         )
     return claimed
 
@@ -405,7 +408,7 @@ def requeue(
             run_at=None,
             updated_at=_NOW,
         )
-        .returning(Job.id, Job.status, Job.trace_id, Job.run_at, Job.priority)
+        .returning(Job.id, Job.status, Job.trace_id, Job.run_at, Job.priority, Job.queue)
         .execution_options(synchronize_session=False)
     )
     return list(session.execute(stmt).all())  # type: ignore[arg-type]

@@ -14,9 +14,11 @@ from typing import Any, NoReturn
 from pydantic import BaseModel, ValidationError
 
 from app.errors import InvalidInput, JobqError, Snooze
+from app.tasks.limits import Rate, check_queue_name, parse_rate
 from app.tasks.retry import Backoff, as_backoff
 
 Handler = Callable[[Any, "JobContext"], Any]
+MAX_PROGRESS_MESSAGE = 1000  # characters of a progress message that are kept
 # Modules of the tasks every process has, imported before JOBQ_TASK_MODULES.
 BUILTIN_MODULES = ("app.tasks.builtin", "app.tasks.http")
 
@@ -106,6 +108,29 @@ class JobContext:
     max_attempts: int
     failures: int = 0
     cancelled: Cancellation = field(default_factory=Cancellation)
+    # The latest ctx.progress() not yet written (the worker writes it, throttled).
+    _progress: tuple[float, str | None] | None = field(default=None, repr=False)
+    _progress_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def progress(self, fraction: float, message: str | None = None) -> None:
+        """Report how far the run is (0.0-1.0) with an optional message; never blocks.
+
+        The worker writes the latest report about once a second (JOBQ_PROGRESS_INTERVAL_SECONDS),
+        so calling this in a tight loop is cheap. It shows in GET /jobs/{id} as `progress`,
+        `progress_message` and `progress_at`.
+        """
+        value = float(fraction)
+        if not 0.0 <= value <= 1.0:  # also refuses NaN
+            raise ValueError(f"progress must be between 0 and 1, not {fraction!r}")
+        text = None if message is None else str(message)[:MAX_PROGRESS_MESSAGE]
+        with self._progress_lock:
+            self._progress = (value, text)
+
+    def take_progress(self) -> tuple[float, str | None] | None:
+        """The report not yet written, if any (and forget it): the worker's side."""
+        with self._progress_lock:
+            report, self._progress = self._progress, None
+        return report
 
     @property
     def is_last_attempt(self) -> bool:
@@ -128,6 +153,11 @@ class TaskSpec:
     max_attempts: int | None = None
     backoff: Backoff | None = None
     description: str = ""
+    # Flow control (docs/flow-control.md): the named queue its jobs go to by default, and
+    # limits every worker enforces together when it claims.
+    queue: str | None = None
+    rate_limit: Rate | None = None
+    max_concurrency: int | None = None
 
     @property
     def is_async(self) -> bool:
@@ -158,10 +188,21 @@ class Registry:
         max_attempts: int | None = None,
         backoff: Backoff | float | Sequence[float] | None = None,
         description: str | None = None,
+        queue: str | None = None,
+        rate_limit: str | None = None,
+        max_concurrency: int | None = None,
     ) -> Callable[[Handler], Handler]:
         """Decorator: register `handler(payload, ctx)` (sync or `async def`) under `name`."""
         if max_attempts is not None and max_attempts < 1:
             raise JobqError(f"task {name!r}: max_attempts must be at least 1")
+        if max_concurrency is not None and max_concurrency < 1:
+            raise JobqError(f"task {name!r}: max_concurrency must be at least 1")
+        try:
+            rate = parse_rate(rate_limit) if rate_limit is not None else None
+            if queue is not None:
+                check_queue_name(queue)
+        except ValueError as exc:
+            raise JobqError(f"task {name!r}: {exc}") from exc
         schedule = as_backoff(backoff)
 
         def decorate(handler: Handler) -> Handler:
@@ -174,6 +215,9 @@ class Registry:
                 max_attempts,
                 schedule,
                 doc.strip().splitlines()[0] if doc.strip() else "",
+                queue,
+                rate,
+                max_concurrency,
             )
             with self._lock:
                 existing = self._tasks.get(name)
@@ -191,6 +235,10 @@ class Registry:
             known = ", ".join(sorted(self._tasks)) or "none"
             raise InvalidInput(f"unknown task {name!r}; known tasks: {known}", field="task")
         return spec
+
+    def specs(self) -> list[TaskSpec]:
+        """Every registered task, by name."""
+        return [self._tasks[n] for n in sorted(self._tasks)]
 
     def names(self) -> list[str]:
         """Registered task names, sorted."""
