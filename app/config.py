@@ -127,6 +127,9 @@ class Settings(BaseSettings):
     # Networks the `http` task may reach although they are not public (loopback, private,
     # link-local...): comma-separated CIDRs, e.g. 10.0.0.0/8,127.0.0.1/32. Empty: public only.
     http_allowed_networks: str = ""
+    # HMAC-SHA256 key that signs completion callbacks (Jobq-Signature); without it a job's
+    # callback_url is refused at submit and callbacks are not sent.
+    callback_secret: str = ""
 
     # Timeouts of every call to a dependency (docs/operations-limits.md).
     sqs_connect_timeout_seconds: float = Field(3.0, gt=0, le=60)

@@ -138,7 +138,7 @@ class JobService:
             "trace_id": trace_id,
             "priority": req.priority,
             "queue": self._queue_for(req, spec),
-            "callback_url": check_callback_url(req.callback_url),
+            "callback_url": self._callback_url(req),
             "run_at": run_at if run_at is not None and run_at > now else None,
         }
         if key is not None:
@@ -159,6 +159,16 @@ class JobService:
                 field="queue",
             )
         return queue
+
+    def _callback_url(self, req: JobCreate) -> str | None:
+        """The checked callback_url; refused while callbacks could not be signed."""
+        url = check_callback_url(req.callback_url)
+        if url is not None and not self._settings.callback_secret:
+            raise InvalidInput(
+                "callback_url needs JOBQ_CALLBACK_SECRET set on the server (callbacks are signed)",
+                field="callback_url",
+            )
+        return url
 
     async def submit_async(
         self, req: JobCreate, *, trace_id: str | None = None, header_key: str | None = None

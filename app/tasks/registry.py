@@ -20,7 +20,7 @@ from app.tasks.retry import Backoff, as_backoff
 Handler = Callable[[Any, "JobContext"], Any]
 MAX_PROGRESS_MESSAGE = 1000  # characters of a progress message that are kept
 # Modules of the tasks every process has, imported before JOBQ_TASK_MODULES.
-BUILTIN_MODULES = ("app.tasks.builtin", "app.tasks.http")
+BUILTIN_MODULES = ("app.tasks.builtin", "app.tasks.http", "app.tasks.callback")
 
 
 class Cancellation(threading.Event):

@@ -15,6 +15,9 @@ down_revision = "0005"
 branch_labels = None
 depends_on = None
 
+# Attempts of a callback delivery (retried with the default backoff: about an hour and more).
+CALLBACK_MAX_ATTEMPTS = 10
+
 
 def upgrade() -> None:
     op.add_column(
@@ -53,7 +56,45 @@ def upgrade() -> None:
     )
 
 
+    # Completion callbacks: a job with a callback_url that reaches a final status gets a
+    # `jobq.callback` job in the same transaction, whoever wrote the status (the completer,
+    # cancel, the dead-letter consumer). It is inserted unpublished: the dispatcher sends it.
+    op.execute(
+        f"""
+        CREATE FUNCTION jobq_enqueue_callback() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            INSERT INTO jobs (id, task, status, payload, max_attempts, trace_id, priority)
+            VALUES (gen_random_uuid(), 'jobq.callback', 'queued',
+                    jsonb_build_object('url', NEW.callback_url, 'job', jsonb_build_object(
+                        'id', NEW.id, 'task', NEW.task, 'status', NEW.status,
+                        'result', NEW.result, 'error', NEW.error, 'attempts', NEW.attempts,
+                        'failures', NEW.failures, 'max_attempts', NEW.max_attempts,
+                        'series', NEW.series, 'queue', NEW.queue, 'priority', NEW.priority,
+                        'progress', NEW.progress, 'progress_message', NEW.progress_message,
+                        'created_at', NEW.created_at, 'started_at', NEW.started_at,
+                        'finished_at', NEW.finished_at, 'trace_id', NEW.trace_id)),
+                    {CALLBACK_MAX_ATTEMPTS}, NEW.trace_id, NEW.priority);
+            RETURN NULL;
+        END
+        $$
+        """
+    )
+    op.execute(
+        """
+        CREATE TRIGGER jobs_enqueue_callback
+        AFTER UPDATE OF status ON jobs
+        FOR EACH ROW
+        WHEN (NEW.callback_url IS NOT NULL
+              AND NEW.status IN ('succeeded', 'failed', 'cancelled')
+              AND OLD.status IS DISTINCT FROM NEW.status)
+        EXECUTE FUNCTION jobq_enqueue_callback()
+        """
+    )
+
+
 def downgrade() -> None:
+    op.execute("DROP TRIGGER IF EXISTS jobs_enqueue_callback ON jobs")
+    op.execute("DROP FUNCTION IF EXISTS jobq_enqueue_callback()")
     op.drop_table("flow_controls")
     op.drop_index("ix_jobs_running_task", table_name="jobs")
     for column in ("callback_url", "progress_at", "progress_message", "progress", "queue"):
