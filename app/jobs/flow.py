@@ -27,6 +27,7 @@ from app.sqs.limits import MAX_DELAY_SECONDS
 
 # Seconds before a held-back job's fresh message comes back (random in [low, high]).
 CONCURRENCY_RECHECK = (1.0, 3.0)
+RATE_SPREAD_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,10 @@ def _hold(bucket: Bucket) -> tuple[str, float] | None:
         short = bucket.taken + 1 - bucket.available
         if short > 0:
             wait = short * bucket.rate_period / bucket.rate_count
-            return "rate", wait + random.uniform(0, 1)
+            # Spread over up to a period (at most 30 s): every held-back job would otherwise
+            # come back at the same moment, and a backlog far above the rate would cycle
+            # through SQS every second.
+            return "rate", wait + random.uniform(0, min(bucket.rate_period, RATE_SPREAD_SECONDS))
     return None
 
 
