@@ -49,6 +49,10 @@ def test_callback_url_is_validated_and_needs_a_secret(api: Any) -> None:
     assert "JOBQ_CALLBACK_SECRET" in refused.json()["error"]["message"]
     bad = api.post("/jobs", json={"task": "echo", "callback_url": "ftp://example.com/x"})
     assert bad.status_code == 422 and bad.json()["error"]["field"] == "callback_url"
+    # Only jobq creates deliveries: a submitted one could get any body signed.
+    forged = {"url": "https://example.com/x", "job": {"id": "x", "status": "succeeded"}}
+    direct = api.post("/jobs", json={"task": "jobq.callback", "payload": forged})
+    assert direct.status_code == 422 and direct.json()["error"]["field"] == "task"
 
 
 def _callback_jobs(db: Any) -> list[tuple[str, int, Any]]:

@@ -11,7 +11,7 @@ import pytest
 
 from app.config import Settings
 from app.tasks.limits import Rate, parse_rate
-from tests.helpers import job_statuses, start_worker_process, wait_for
+from tests.helpers import api_process, job_statuses, start_worker_process, wait_for
 
 
 def _rows(db: Any, sql: str, *args: Any) -> list[Any]:
@@ -130,28 +130,36 @@ def _delayed_messages(settings: Settings, runtime: Any) -> int:
 
 
 def test_paused_task_is_untouched_by_two_workers_until_resumed(
-    api: Any, db: Any, settings: Settings, runtime: Any, procs: Any, tmp_path: Path
+    db: Any, settings: Settings, runtime: Any, procs: Any, tmp_path: Path
 ) -> None:
-    assert api.post("/tasks/record/pause").json()["paused"] is True
-    held = _submit(api, 4)
-    for i in range(2):
-        procs.append(start_worker_process(settings, tmp_path / f"w{i}.log"))
-    # Other tasks keep running meanwhile...
-    other = _submit(api, 2, task="echo")
-    wait_for(lambda: _all(db, other, "succeeded"), timeout=60, what="echo jobs to run")
-    # ...and the paused ones were received and put back as delayed fresh messages.
-    wait_for(
-        lambda: _delayed_messages(settings, runtime) >= 4,
-        timeout=30,
-        what="the workers to defer the paused jobs",
-    )
-    assert _all(db, held, "queued")
-    assert _rows(db, "SELECT count(*) FROM test_executions")[0][0] == 0
-    resumed_at = datetime.now(UTC)
-    began = time.monotonic()
-    api.post("/tasks/record/resume")
-    wait_for(lambda: _all(db, held, "succeeded"), timeout=30, what="resumed jobs to run")
-    took = time.monotonic() - began
+    import httpx
+
+    with (
+        api_process(settings, tmp_path / "a1.log") as (one, _),
+        api_process(settings, tmp_path / "a2.log") as (two, _),
+    ):
+        # Paused through one API process, submitted and resumed through the other.
+        assert httpx.post(f"{one}/tasks/record/pause").json()["paused"] is True
+        api = httpx.Client(base_url=two)
+        held = _submit(api, 4)
+        for i in range(2):
+            procs.append(start_worker_process(settings, tmp_path / f"w{i}.log"))
+        # Other tasks keep running meanwhile...
+        other = _submit(api, 2, task="echo")
+        wait_for(lambda: _all(db, other, "succeeded"), timeout=60, what="echo jobs to run")
+        # ...and the paused ones were received and put back as delayed fresh messages.
+        wait_for(
+            lambda: _delayed_messages(settings, runtime) >= 4,
+            timeout=30,
+            what="the workers to defer the paused jobs",
+        )
+        assert _all(db, held, "queued")
+        assert _rows(db, "SELECT count(*) FROM test_executions")[0][0] == 0
+        resumed_at = datetime.now(UTC)
+        began = time.monotonic()
+        assert api.post("/tasks/record/resume").json()["paused"] is False
+        wait_for(lambda: _all(db, held, "succeeded"), timeout=30, what="resumed jobs to run")
+        took = time.monotonic() - began
     starts = _rows(db, "SELECT min(started_at) FROM test_executions")[0][0]
     assert starts >= resumed_at
     # The recheck delay (JOBQ_PAUSE_RECHECK_SECONDS, 5 s) bounds how long a resume takes.

@@ -19,6 +19,9 @@ from urllib.parse import urlsplit
 from app.errors import InvalidInput
 
 SIGNATURE_HEADER = "Jobq-Signature"
+# The delivery task. Only the trigger creates its jobs: one submitted through the API could
+# have jobq sign a body of the submitter's choosing, and forge callbacks to any receiver.
+CALLBACK_TASK = "jobq.callback"
 DEFAULT_TOLERANCE_SECONDS = 300.0
 
 

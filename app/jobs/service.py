@@ -20,7 +20,7 @@ from app.config import Settings
 from app.db import HeldConnections, translate_db_errors
 from app.errors import Conflict, InvalidInput, JobqError, NotFound
 from app.jobs import queries, transitions, views
-from app.jobs.callbacks import check_callback_url
+from app.jobs.callbacks import CALLBACK_TASK, check_callback_url
 from app.jobs.models import Job
 from app.jobs.notify import FinalListener, listen_connection
 from app.jobs.schemas import AttemptOut, JobCreate, JobOut, RedriveRequest
@@ -111,6 +111,11 @@ class JobService:
     def row_for(self, req: JobCreate, *, trace_id: str | None, key: str | None) -> Row:
         """Validate one request and build its row (raises InvalidInput naming the field)."""
         spec = self._registry.get(req.task)
+        if req.task == CALLBACK_TASK:
+            raise InvalidInput(
+                f"{CALLBACK_TASK} jobs are created by jobq for callback_url, not submitted",
+                field="task",
+            )
         check_payload(req.payload, max_depth=self._settings.max_payload_depth)
         self._registry.validate_payload(req.task, req.payload)
         ceiling = self._settings.max_attempts_ceiling

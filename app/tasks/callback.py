@@ -15,11 +15,10 @@ from pydantic import BaseModel, ConfigDict
 
 from app.config import get_settings
 from app.egress import EgressPolicy
-from app.jobs.callbacks import SIGNATURE_HEADER, sign
+from app.jobs.callbacks import CALLBACK_TASK, SIGNATURE_HEADER, sign
 from app.tasks.http import HttpMethod, HttpRequest, call
 from jobq import JobContext, PermanentError, task
 
-CALLBACK_TASK = "jobq.callback"
 CALLBACK_TIMEOUT_SECONDS = 30.0
 
 
