@@ -126,3 +126,22 @@ def test_callback_to_a_private_address_is_refused_by_the_egress_guard(
         attempts, error = cur.fetchone()
     assert attempts == 1 and "loopback" in error  # permanent: never retried
     assert receiver.hits == []
+
+
+def test_a_cancel_also_enqueues_the_callback_in_its_transaction(signing: Settings, db: Any) -> None:
+    from fastapi.testclient import TestClient
+
+    from app.api.app import create_app
+
+    with TestClient(create_app(signing)) as api:
+        job = api.post(
+            "/jobs",
+            json={"task": "echo", "delay_seconds": 600, "callback_url": "https://example.com/h"},
+        ).json()
+        assert _callback_jobs(db) == []  # nothing until the job is final
+        assert api.post(f"/jobs/{job['id']}/cancel").json()["status"] == "cancelled"
+    with db.cursor() as cur:
+        cur.execute("SELECT payload, max_attempts FROM jobs WHERE task = 'jobq.callback'")
+        [(payload, max_attempts)] = cur.fetchall()
+    assert payload["url"] == "https://example.com/h" and max_attempts == 10
+    assert payload["job"]["id"] == job["id"] and payload["job"]["status"] == "cancelled"

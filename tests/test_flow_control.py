@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any
 
 import pytest
 
+import jobq
 from app.config import Settings
 from app.tasks.limits import Rate, parse_rate
 from tests.helpers import api_process, job_statuses, start_worker_process, wait_for
@@ -179,3 +181,27 @@ def test_paused_queue_holds_its_jobs_and_resume_releases_them(
     assert _all(db, held, "queued")
     api.post("/queues/default/resume")
     wait_for(lambda: _all(db, held, "succeeded"), timeout=30, what="the queue's jobs to run")
+
+
+def test_async_client_pauses_limits_and_lists(live_api: str) -> None:
+    asyncio.run(_pause_limit_and_list(live_api))
+
+
+async def _pause_limit_and_list(live_api: str) -> None:
+    async with jobq.AsyncClient(live_api) as client:
+        paused = await client.pause(task="record")
+        assert paused.paused and paused.scope == "task"
+        limited = await client.set_limits("record", max_concurrency=3)
+        assert limited.effective_max_concurrency == 3 and limited.paused
+        rated = await client.set_limits("record", rate_limit="5/minute")
+        assert rated.max_concurrency == 3 and rated.rate_limit == "5/60s"  # the other kept
+        cleared = await client.set_limits("record", max_concurrency=None)
+        assert cleared.max_concurrency is None and cleared.rate_limit == "5/60s"
+        assert (await client.resume(task="record")).paused is False
+        assert (await client.pause(queue="default")).scope == "queue"
+        names = {(c.scope, c.name) for c in await client.list_controls()}
+        assert names == {("task", "record"), ("queue", "default")}
+        with pytest.raises(jobq.InvalidInput):
+            await client.set_limits("record", rate_limit="often")
+        with pytest.raises(TypeError):
+            await client.pause()
