@@ -65,6 +65,9 @@ def test_controls_api_validates_and_reports(api: Any) -> None:
     assert bad.status_code == 422 and "rate_limit" in bad.text
     assert api.patch("/tasks/record/controls", json={"max_concurrency": 0}).status_code == 422
     assert api.patch("/queues/Bad Name/controls", json={"paused": True}).status_code == 422
+    nul = api.post("/tasks/bad%00name/pause")
+    assert nul.status_code == 422 and nul.json()["error"]["field"] == "task"
+    assert api.get(f"/tasks/{'x' * 201}/controls").status_code == 422
     limits = api.patch("/queues/media/controls", json={"max_concurrency": 3})
     assert limits.status_code == 422 and limits.json()["error"]["field"] == "max_concurrency"
     set_ = api.patch(

@@ -14,6 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from app.errors import InvalidInput
+from app.jobs.validation import text_problem
 from app.tasks.limits import Rate, check_queue_name, parse_rate
 from app.tasks.registry import TaskSpec
 
@@ -99,6 +100,8 @@ def _check_name(scope: Scope, name: str) -> None:
             raise InvalidInput(str(exc), field="queue") from exc
     elif not name or len(name) > 200:
         raise InvalidInput("task must be 1-200 characters", field="task")
+    elif (problem := text_problem(name)) is not None:
+        raise InvalidInput(f"task {problem}", field="task")
 
 
 def get(session: Session, scope: Scope, name: str) -> ControlOut:
