@@ -65,6 +65,18 @@ class Settings(BaseSettings):
     batch_max_jobs: int = Field(500, ge=1, le=5000)
     # Weighted polling of the priority queues: high, default, low.
     priority_weights: str = "6,3,1"
+    # Named queues (docs/flow-control.md): name=URL pairs, comma-separated, with name:high /
+    # name:low for a named queue's priority queues ("default" is SQS_QUEUE_URL's own).
+    queue_urls_map: str = Field("", validation_alias=AliasChoices("JOBQ_QUEUE_URLS"))
+    # The named queues a worker serves.
+    queues: str = "default"
+    # Flow control: how long a worker trusts "nothing is paused or limited" before looking
+    # again (a new pause or limit takes effect within this), and how long a paused job's
+    # message waits before it is looked at again (a resume takes effect within this).
+    flow_refresh_seconds: float = Field(1.0, gt=0, le=60)
+    pause_recheck_seconds: float = Field(5.0, ge=1, le=900)
+    # How often a worker writes its running jobs' latest ctx.progress() (one statement).
+    progress_interval_seconds: float = Field(1.0, gt=0, le=60)
 
     # Worker.
     worker_concurrency: int = Field(16, ge=1, le=256)
@@ -125,6 +137,9 @@ class Settings(BaseSettings):
     # Networks the `http` task may reach although they are not public (loopback, private,
     # link-local...): comma-separated CIDRs, e.g. 10.0.0.0/8,127.0.0.1/32. Empty: public only.
     http_allowed_networks: str = ""
+    # HMAC-SHA256 key that signs completion callbacks (Jobq-Signature); without it a job's
+    # callback_url is refused at submit and callbacks are not sent.
+    callback_secret: str = ""
 
     # Timeouts of every call to a dependency (docs/operations-limits.md).
     sqs_connect_timeout_seconds: float = Field(3.0, gt=0, le=60)
@@ -213,6 +228,37 @@ class Settings(BaseSettings):
             "default": self.sqs_queue_url,
             "low": self.sqs_low_queue_url or self.sqs_queue_url,
         }
+
+    @property
+    def named_queue_urls(self) -> dict[str, str]:
+        """JOBQ_QUEUE_URLS parsed: "media" -> URL, "media:high" -> URL."""
+        pairs = (p.strip() for p in self.queue_urls_map.split(","))
+        return dict(p.split("=", 1) for p in pairs if p)  # type: ignore[misc]
+
+    @property
+    def queue_names(self) -> list[str]:
+        """Every named queue jobs may be routed to ("default" and JOBQ_QUEUE_URLS' names)."""
+        names = ["default", *(k.split(":", 1)[0] for k in self.named_queue_urls)]
+        return list(dict.fromkeys(names))
+
+    @property
+    def served_queues(self) -> list[str]:
+        """JOBQ_QUEUES: the named queues this worker polls."""
+        return [q.strip() for q in self.queues.split(",") if q.strip()] or ["default"]
+
+    @field_validator("queue_urls_map")
+    @classmethod
+    def _queue_map(cls, value: str) -> str:
+        for part in (p.strip() for p in value.split(",")):
+            name, sep, url = part.partition("=")
+            queue, _, priority = name.partition(":")
+            if part and (
+                not sep or not url or not queue or priority not in ("", "high", "default", "low")
+            ):
+                raise ValueError(
+                    f"{part!r} must be name=URL or name:high|default|low=URL, comma-separated"
+                )
+        return value
 
     @property
     def weights(self) -> tuple[int, int, int]:

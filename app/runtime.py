@@ -52,6 +52,12 @@ def build_runtime(
         settings=settings,
         engine=engine,
         sessions=make_session_factory(engine),
-        sqs=SqsQueue(client, settings.sqs_queue_url, settings.sqs_dlq_url, settings.queue_urls),
+        sqs=SqsQueue(
+            client,
+            settings.sqs_queue_url,
+            settings.sqs_dlq_url,
+            settings.queue_urls,
+            settings.named_queue_urls,
+        ),
         registry=REGISTRY,
     )

@@ -9,6 +9,7 @@ planned (issue 16, part 3) and will be exported here.
 """
 
 from app.errors import JobqError, PermanentError, Retry, RetryableError, Snooze, TaskTimeout
+from app.jobs.callbacks import SIGNATURE_HEADER, verify_signature
 from app.tasks.registry import JobContext, task
 from app.tasks.retry import Exponential, Fixed, Schedule
 from jobq.client import AsyncClient, Client
@@ -29,6 +30,7 @@ from jobq.models import (
     Attempt,
     BatchItem,
     BatchResult,
+    Control,
     CronSchedule,
     ItemError,
     Job,
@@ -54,12 +56,16 @@ __all__ = [
     "Snooze",
     "TaskTimeout",
     "task",
+    # Receiving completion callbacks.
+    "SIGNATURE_HEADER",
+    "verify_signature",
     # Calling the API (jobq.client).
     "AsyncClient",
     "Client",
     "Attempt",
     "BatchItem",
     "BatchResult",
+    "Control",
     "ItemError",
     "Job",
     "JobRequest",

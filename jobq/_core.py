@@ -35,6 +35,7 @@ from jobq.flow import Flow, FlowRun
 from jobq.models import (
     Attempt,
     BatchResult,
+    Control,
     CronSchedule,
     Job,
     JobPage,
@@ -376,3 +377,23 @@ def schedules(config: Config) -> Op[list[CronSchedule]]:
 def delete_schedule(config: Config, name: str) -> Op[None]:
     """DELETE /schedules/{name}."""
     yield from request(config, schedule_call("DELETE", name))
+
+
+def control_path(task: str | None, queue: str | None, suffix: str) -> str:
+    """/tasks/{task}{suffix} or /queues/{queue}{suffix}: exactly one of the two is given."""
+    if (task is None) == (queue is None):
+        raise TypeError("give exactly one of task= or queue=")
+    kind, name = ("tasks", task) if task is not None else ("queues", queue)
+    return f"/{kind}/{urllib.parse.quote(str(name), safe='')}{suffix}"
+
+
+def control(config: Config, path: str, method: str = "GET", body: Any = None) -> Op[Control]:
+    """GET/PATCH .../controls, POST .../pause|resume (each repeatable: idempotent)."""
+    call = Call(method, path, json=body, idempotent=True)
+    return Control.model_validate((yield from request(config, call)))
+
+
+def list_controls(config: Config) -> Op[list[Control]]:
+    """GET /controls."""
+    data = yield from request(config, Call("GET", "/controls"))
+    return [Control.model_validate(c) for c in data["controls"]]

@@ -25,6 +25,7 @@ from jobq.flow import Flow, FlowRun
 from jobq.models import (
     Attempt,
     BatchResult,
+    Control,
     CronSchedule,
     Job,
     JobRequest,
@@ -39,7 +40,9 @@ T = TypeVar("T")
 Attempts = list[Attempt]  # an alias: inside the classes `list` is the method
 Schedules = list[CronSchedule]
 WorkflowRef = uuid.UUID | str
+Controls = list[Control]
 JobItems = Iterable[JobRequest | Mapping[str, Any]]
+UNSET: Any = object()  # set_limits(): leave this limit as it is
 
 
 class _Surface:
@@ -77,6 +80,22 @@ class _Surface:
 
     def _update_schedule(self, name: str, changes: Any) -> Op[CronSchedule]:
         return core.schedule(self.config, core.schedule_call("PATCH", name, dict(changes)))
+
+    def _control(
+        self,
+        task: str | None,
+        queue: str | None,
+        suffix: str,
+        method: str = "POST",
+        body: Any = None,
+    ) -> Op[Control]:
+        return core.control(self.config, core.control_path(task, queue, suffix), method, body)
+
+    @staticmethod
+    def _limits(max_concurrency: Any, rate_limit: Any) -> dict[str, Any]:
+        # UNSET leaves a limit as it is; None clears it (the code's declaration applies again).
+        pairs = {"max_concurrency": max_concurrency, "rate_limit": rate_limit}
+        return {k: v for k, v in pairs.items() if v is not UNSET}
 
 
 class Client(_Surface):
@@ -171,6 +190,29 @@ class Client(_Surface):
     def delete_schedule(self, name: str) -> None:
         """Delete a schedule (its jobs stay)."""
         self._run(core.delete_schedule(self.config, name))
+
+    def pause(self, *, task: str | None = None, queue: str | None = None) -> Control:
+        """Pause a task or a named queue: workers leave its jobs queued until resume()."""
+        return self._run(self._control(task, queue, "/pause"))
+
+    def resume(self, *, task: str | None = None, queue: str | None = None) -> Control:
+        """Resume a paused task or queue (workers pick its jobs up within seconds)."""
+        return self._run(self._control(task, queue, "/resume"))
+
+    def controls(self, *, task: str | None = None, queue: str | None = None) -> Control:
+        """The pause and limits of a task or queue."""
+        return self._run(self._control(task, queue, "/controls", "GET"))
+
+    def list_controls(self) -> Controls:
+        """Every task and queue with a pause or a limit."""
+        return self._run(core.list_controls(self.config))
+
+    def set_limits(
+        self, task: str, *, max_concurrency: Any = UNSET, rate_limit: Any = UNSET
+    ) -> Control:
+        """Set (or, with None, clear) a task's run-time limits, e.g. rate_limit="100/minute"."""
+        body = self._limits(max_concurrency, rate_limit)
+        return self._run(self._control(task, None, "/controls", "PATCH", body))
 
     def _send(self, call: Call) -> Outcome:
         try:
@@ -291,6 +333,29 @@ class AsyncClient(_Surface):
     async def stats(self) -> dict[str, Any]:
         """GET /stats: counts by status, queue depths, throughput, recent failures."""
         return await self._run(core.stats(self.config))
+
+    async def pause(self, *, task: str | None = None, queue: str | None = None) -> Control:
+        """Pause a task or a named queue: workers leave its jobs queued until resume()."""
+        return await self._run(self._control(task, queue, "/pause"))
+
+    async def resume(self, *, task: str | None = None, queue: str | None = None) -> Control:
+        """Resume a paused task or queue (workers pick its jobs up within seconds)."""
+        return await self._run(self._control(task, queue, "/resume"))
+
+    async def controls(self, *, task: str | None = None, queue: str | None = None) -> Control:
+        """The pause and limits of a task or queue."""
+        return await self._run(self._control(task, queue, "/controls", "GET"))
+
+    async def list_controls(self) -> Controls:
+        """Every task and queue with a pause or a limit."""
+        return await self._run(core.list_controls(self.config))
+
+    async def set_limits(
+        self, task: str, *, max_concurrency: Any = UNSET, rate_limit: Any = UNSET
+    ) -> Control:
+        """Set (or, with None, clear) a task's run-time limits, e.g. rate_limit="100/minute"."""
+        body = self._limits(max_concurrency, rate_limit)
+        return await self._run(self._control(task, None, "/controls", "PATCH", body))
 
     async def _send(self, call: Call) -> Outcome:
         try:

@@ -71,6 +71,11 @@ class Job(_Model):
     unique_until: datetime | None = None  # None with a unique_key: held while unfinished
     workflow_id: uuid.UUID | None = None
     schedule_id: uuid.UUID | None = None  # the schedule that submitted it
+    queue: str = "default"  # the named queue it was routed to
+    progress: float | None = None  # ctx.progress() of its current (or last) run, 0..1
+    progress_message: str | None = None
+    progress_at: datetime | None = None
+    callback_url: str | None = None
 
     @property
     def final(self) -> bool:
@@ -109,6 +114,8 @@ class SubmitOptions(TypedDict, total=False):
     depends_on: list[uuid.UUID | str]
     on_parent_failure: Literal["cancel", "run"]
     workflow_id: uuid.UUID | str
+    queue: str
+    callback_url: str
 
 
 class JobRequest(_Model):
@@ -127,6 +134,8 @@ class JobRequest(_Model):
     depends_on: list[uuid.UUID] | None = None
     on_parent_failure: Literal["cancel", "run"] | None = None
     workflow_id: uuid.UUID | None = None
+    queue: str | None = None
+    callback_url: str | None = None
 
     def body(self, *, key: str | None = None) -> dict[str, Any]:
         """The JSON body; `key` is used when no idempotency_key was given."""
@@ -244,3 +253,18 @@ class JobPage(_Model):
 
     items: list[Job]
     next_cursor: str | None
+
+
+class Control(_Model):
+    """A task's or queue's pause and limits: set at run time, declared in code, in effect."""
+
+    scope: Literal["task", "queue"]
+    name: str
+    paused: bool = False
+    max_concurrency: int | None = None
+    rate_limit: str | None = None
+    declared_max_concurrency: int | None = None
+    declared_rate_limit: str | None = None
+    effective_max_concurrency: int | None = None
+    effective_rate_limit: str | None = None
+    running: int | None = None

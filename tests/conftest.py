@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -100,7 +101,7 @@ def db(database_url: str) -> Iterator[Any]:
     with conn.cursor() as cur:
         cur.execute(
             "TRUNCATE jobs, job_attempts, job_dependencies, schedules, test_executions, "
-            "api_keys, workers"
+            "api_keys, workers, flow_controls"
         )
     yield conn
     conn.close()
@@ -181,6 +182,17 @@ def worker_factory(settings: Settings) -> Iterator[Any]:
     for w, rt in started:
         w.stop(grace=5)
         rt.close()
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Worker processes started by a test; all are killed at teardown."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            p.kill()
+        p.wait(10)
 
 
 @pytest.fixture

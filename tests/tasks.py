@@ -207,3 +207,28 @@ def own_policy(payload: dict[str, Any], ctx: JobContext) -> None:
 def fan_in(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     """A workflow callback: return what it was told about its parents."""
     return {"parent_results": ctx.parent_results, "statuses": [p["status"] for p in ctx.parents]}
+
+
+@task("report_progress")
+def report_progress(payload: dict[str, Any], ctx: JobContext) -> str:
+    """Report progress, then hold the job running until `hold` seconds pass."""
+    for i in range(1, 101):
+        ctx.progress(i / 200, f"step {i}")  # many reports: the worker writes a few
+    ctx.cancelled.wait(float(payload.get("hold", 3)))
+    return "done"
+
+
+@task("async_report_progress")
+async def async_report_progress(payload: dict[str, Any], ctx: JobContext) -> str:
+    """The async variant of report_progress."""
+    import asyncio
+
+    ctx.progress(0.25, "a quarter")
+    await asyncio.sleep(float(payload.get("hold", 3)))
+    return "done"
+
+
+@task("media_echo", queue="media")
+def media_echo(payload: dict[str, Any], ctx: JobContext) -> str:
+    """Declared on the named queue "media"."""
+    return "media"

@@ -112,3 +112,27 @@ def test_schedules_and_workflows_from_the_shell(
     assert child.returncode == 0, child.stderr
     flow = _jobq(settings, live_api, "workflow", parent["id"])
     assert flow.returncode == 0 and "succeeded" in flow.stdout.splitlines()[0]
+
+
+def test_pause_resume_limits_and_controls(settings: Any, live_api: str) -> None:
+    paused = _jobq(settings, live_api, "pause", "task", "record", "--json")
+    assert paused.returncode == 0, paused.stderr
+    assert json.loads(paused.stdout)["paused"] is True
+    limits = _jobq(
+        settings, live_api, "limits", "record", "--max-concurrency", "3", "--rate-limit", "5/s"
+    )
+    assert limits.returncode == 0 and "max_concurrency 3" in limits.stdout
+    assert "rate 5/1s" in limits.stdout and "paused" in limits.stdout
+    cleared = _jobq(settings, live_api, "limits", "record", "--rate-limit", "none", "--json")
+    assert json.loads(cleared.stdout)["rate_limit"] is None
+    assert json.loads(cleared.stdout)["max_concurrency"] == 3
+    queue = _jobq(settings, live_api, "pause", "queue", "default")
+    assert queue.returncode == 0 and "queue" in queue.stdout
+    _jobq(settings, live_api, "resume", "queue", "default")
+    listed = _jobq(settings, live_api, "controls", "--json")
+    found = {(c["scope"], c["name"]): c["paused"] for c in json.loads(listed.stdout)["controls"]}
+    assert found == {("task", "record"): True, ("queue", "default"): False}
+    bad = _jobq(settings, live_api, "limits", "record", "--rate-limit", "lots")
+    assert bad.returncode == 1 and "rate_limit" in bad.stderr
+    bad_number = _jobq(settings, live_api, "limits", "record", "--max-concurrency", "x")
+    assert bad_number.returncode == 1 and "--max-concurrency" in bad_number.stderr

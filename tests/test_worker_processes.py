@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -17,17 +16,6 @@ def _one(db: Any, sql: str, *args: Any) -> Any:
     with db.cursor() as cur:
         cur.execute(sql, args)
         return cur.fetchone()[0]
-
-
-@pytest.fixture
-def procs() -> Any:
-    """Worker processes started by a test; all are killed at teardown."""
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for p in started:
-        if p.poll() is None:
-            p.kill()
-        p.wait(10)
 
 
 @pytest.fixture

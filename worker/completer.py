@@ -255,7 +255,9 @@ class Completer(BackgroundLoop):
             )
             if decision.resend is not None:
                 delay = int(min(MAX_DELAY_SECONDS, decision.resend + 0.999))
-                resend.append(Outgoing(c.job.job_id, c.job.trace_id, delay, c.job.priority))
+                resend.append(
+                    Outgoing(c.job.job_id, c.job.trace_id, delay, c.job.priority, c.job.queue)
+                )
             deletes.append(c.message)
         # The job states are committed: if an SQS call fails, the message reappears later
         # and is handled as a duplicate of a finished (or retrying) job, and a retry whose

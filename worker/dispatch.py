@@ -5,19 +5,21 @@ from __future__ import annotations
 import functools
 import logging
 import time
+import uuid
 from collections.abc import Callable
 
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 
 from app.config import Settings
 from app.db import HeldConnections
 from app.errors import DatabaseUnavailable, JobqError
-from app.jobs import transitions
+from app.jobs import flow, transitions
 from app.jobs.transitions import Claimed
 from app.loops import DaemonPool
 from app.observability import metrics, otel
 from app.observability.trace import trace_id_var
 from app.runtime import Runtime
+from app.sqs.queue import Outgoing
 from app.tasks.registry import JobContext
 from worker import policy, retry
 from worker.completer import Completer, Completion
@@ -61,6 +63,7 @@ class Dispatch:
         self.gate = gate
         self.limits = limits
         self.on_started: Callable[[Claimed], None] | None = None
+        self.flow_switch = flow.Switch(self.settings.flow_refresh_seconds)
 
     def probe(self) -> None:
         """Raise unless PostgreSQL answers (the gate's probe)."""
@@ -106,16 +109,12 @@ class Dispatch:
         sent_at = time.monotonic()
         # A retry after a dead connection is safe: if the first claim did commit, its jobs are
         # ours under a live lease, so they come back as unclaimed and return after the lease.
-        claimed = self.db.run(
-            lambda conn: transitions.claim_many(
-                conn,
-                ids,
-                self.worker_id,
-                lease,
-                margin=self.limits.lease_margin,
-                max_crashes=self.limits.max_crashes,
-            )
-        )
+        claimed, deferred = self.db.run(lambda conn: self._claim(conn, ids, lease))
+        if deferred:
+            held = {d.job_id: d for d in deferred}
+            later = [(e, held[e.message.job_id]) for e in named if e.message.job_id in held]
+            named = [e for e in named if e.message.job_id not in held]
+            self.pool.submit(functools.partial(self._defer, later))
         for e in named:
             job = claimed.pop(e.message.job_id, None)  # type: ignore[arg-type]
             if job is None:
@@ -133,6 +132,45 @@ class Dispatch:
             e.ctx.cancelled.expire_at(sent_at + lease - self.limits.lease_margin)
             e.job = job
             self.pool.submit(functools.partial(self._run, e))
+
+    def _claim(
+        self, conn: Connection, ids: list[uuid.UUID], lease: float
+    ) -> tuple[dict[uuid.UUID, Claimed], list[flow.Deferred]]:
+        """Flow control's admission (when anything is paused or limited), then the claim."""
+        margin = self.limits.lease_margin
+        if self.flow_switch.active(conn):
+            admission = flow.admit(
+                conn, ids, margin=margin, pause_recheck=self.settings.pause_recheck_seconds
+            )
+        else:
+            admission = flow.Admission(ids)
+        claimed = transitions.claim_many(
+            conn,
+            admission.ids,
+            self.worker_id,
+            lease,
+            margin=margin,
+            max_crashes=self.limits.max_crashes,
+        )
+        if admission.buckets:
+            flow.spend(conn, admission, claimed)
+        return claimed, admission.deferred
+
+    def _defer(self, held: list[tuple[Entry, flow.Deferred]]) -> None:
+        """Held back by flow control: a fresh delayed message each, then delete the received
+        one, so no attempt and no SQS receive (the crash guard's count) is used up."""
+        try:
+            self.sqs.send_batch(
+                [Outgoing(d.job_id, d.trace_id, d.delay, d.priority, d.queue) for _, d in held]
+            )
+            self.sqs.delete_batch([e.message for e, _ in held])
+            for _, d in held:
+                metrics.JOBS_DEFERRED.labels(d.reason).inc()
+        except JobqError as exc:
+            log.warning("could not defer %d held-back job(s): %s", len(held), exc)
+        finally:
+            for e, _ in held:
+                self.inflight.remove(e.message)
 
     def _unclaimed(self, entry: Entry) -> None:
         """Decide about a delivery we could not claim (duplicate, finished, not due...)."""

@@ -15,7 +15,7 @@ import time
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import translate_db_errors
-from app.jobs import transitions
+from app.jobs import queries, transitions
 from app.loops import PeriodicLoop
 from app.sqs.queue import SqsQueue
 from worker.inflight import InFlight
@@ -69,6 +69,36 @@ class Heartbeat(PeriodicLoop):
     def tick(self) -> float | None:
         """One beat, then wait the interval."""
         self.beat()
+        return None
+
+
+class ProgressWriter(PeriodicLoop):
+    """About once a second: write the latest ctx.progress() of each running job, all in one
+    statement (so a handler reporting in a tight loop costs one row write per interval)."""
+
+    def __init__(
+        self,
+        inflight: InFlight,
+        sessions: sessionmaker[Session],
+        worker_id: str,
+        *,
+        interval: float,
+    ) -> None:
+        super().__init__("jobq-progress", interval=interval, logger=log)
+        self._inflight = inflight
+        self._sessions = sessions
+        self._worker_id = worker_id
+
+    def tick(self) -> float | None:
+        """Write what was reported since the last tick (a failed write is dropped: the next
+        report replaces it anyway)."""
+        reports = []
+        for e in self._inflight.snapshot():
+            if e.ctx is not None and (report := e.ctx.take_progress()) is not None:
+                reports.append((e.ctx.job_id, e.ctx.attempt, report[0], report[1]))
+        if reports:
+            with translate_db_errors(), self._sessions.begin() as session:
+                queries.write_progress(session, self._worker_id, reports)
         return None
 
 

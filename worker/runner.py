@@ -10,17 +10,19 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from types import FrameType
 
 from app.config import Settings
-from app.db import HeldConnections
+from app.db import HeldConnections, translate_db_errors
 from app.errors import InvalidInput, JobqError
+from app.jobs import controls
 from app.loops import Backoff, DaemonPool
 from app.observability import metrics
 from app.runtime import Runtime
 from app.schedules.service import sync_code_schedules
 from app.sqs.limits import MAX_BATCH
-from app.sqs.queue import make_sqs_client
+from app.sqs.queue import SqsQueue, make_sqs_client
 from app.tasks.retry import Backoff as RetrySchedule
 from worker import policy, retry
 from worker.completer import Completer, Completion
@@ -29,7 +31,7 @@ from worker.dispatch import Dispatch, job_extra
 from worker.dlq import DeadLetterConsumer
 from worker.executor import Executor, Limits, Outcome
 from worker.gate import DatabaseGate
-from worker.heartbeat import Heartbeat, LeaseWatchdog, VisibilityKeeper
+from worker.heartbeat import Heartbeat, LeaseWatchdog, ProgressWriter, VisibilityKeeper
 from worker.inflight import InFlight
 from worker.presence import Presence
 
@@ -44,12 +46,14 @@ def new_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
-def poll_weights(settings: Settings) -> list[tuple[str, int]]:
-    """(queue URL, weight) for each distinct priority queue; shared URLs add their weights."""
+def poll_weights(settings: Settings, sqs: SqsQueue) -> list[tuple[str, int]]:
+    """(queue URL, weight) for each distinct SQS queue of the served named queues (JOBQ_QUEUES)
+    and their priorities; shared URLs add their weights."""
     weights: dict[str, int] = {}
-    for priority, weight in zip(("high", "default", "low"), settings.weights, strict=True):
-        url = settings.queue_urls[priority]
-        weights[url] = weights.get(url, 0) + weight
+    for queue in settings.served_queues:
+        for priority, weight in zip(("high", "default", "low"), settings.weights, strict=True):
+            url = sqs.url_for(priority, queue)
+            weights[url] = weights.get(url, 0) + weight
     return list(weights.items())
 
 
@@ -106,7 +110,7 @@ class Worker:
             self.inflight,
             self.dispatch,
             wait_seconds=s.sqs_wait_seconds,
-            queues=poll_weights(s),
+            queues=poll_weights(s, self.sqs),
             pollers=s.worker_pollers,
             linger=linger,
             batch=batch,
@@ -128,6 +132,9 @@ class Worker:
             ),
             interval=beat,
             visibility=lease,
+        )
+        self.progress = ProgressWriter(
+            self.inflight, runtime.sessions, self.worker_id, interval=s.progress_interval_seconds
         )
         self.watchdog = LeaseWatchdog(self.inflight, lease=lease, margin=self.limits.lease_margin)
         self.presence = Presence(
@@ -151,21 +158,48 @@ class Worker:
 
     def start(self) -> None:
         """Start polling and heartbeats; queue checks and the DLQ consumer wait for SQS."""
-        for part in (self.pool, self.heartbeat, self.visibility, self.watchdog, self.gate):
+        # Limits declared in code must be in PostgreSQL before this worker's first claim;
+        # if it is down now, the set-up thread writes them once it answers.
+        declared = self._try(self._declare_limits)
+        for part in (
+            self.pool,
+            self.heartbeat,
+            self.visibility,
+            self.watchdog,
+            self.gate,
+            self.progress,
+        ):
             part.start()
         self.presence.start()
         self.completer.start()
         self.consumer.start()
         # SQS may be unreachable right now: that must not stop the worker from starting.
-        threading.Thread(target=self._setup_with_retries, name="jobq-setup", daemon=True).start()
+        threading.Thread(
+            target=self._setup_with_retries, args=(declared,), name="jobq-setup", daemon=True
+        ).start()
         log.info(
             "worker started",
             extra={"worker_id": self.worker_id, "concurrency": self.settings.worker_concurrency},
         )
 
-    def _setup_with_retries(self) -> None:
+    def _declare_limits(self) -> None:
+        with translate_db_errors(), self.runtime.sessions.begin() as session:
+            controls.declare(session, self.runtime.registry.specs())
+
+    @staticmethod
+    def _try(step: Callable[[], None]) -> bool:
+        try:
+            step()
+        except JobqError as exc:
+            log.warning("start-up step failed; retrying in the background: %s", exc)
+            return False
+        return True
+
+    def _setup_with_retries(self, declared: bool) -> None:
         def setup() -> None:
             self._declare_schedules()
+            if not declared:
+                self._declare_limits()
             self._read_redrive_policy()
             self._start_dlq_consumer()
 
@@ -195,7 +229,7 @@ class Worker:
     def _read_redrive_policy(self) -> None:
         """maxReceiveCount guards against jobs that crash their worker; it is not max_attempts."""
         counts: list[int] = []
-        for url in self.sqs.distinct_urls():
+        for url in self.sqs.distinct_urls(self.settings.served_queues):
             redrive = self.sqs.redrive_policy(url)
             if not redrive:
                 log.warning(
@@ -256,7 +290,7 @@ class Worker:
             self._interrupt_running(cooperative)
         self.consumer.join(max(0.0, deadline - time.monotonic()))
         self.completer.stop(max(1.0, deadline - time.monotonic()))
-        for part in (self.heartbeat, self.visibility, self.watchdog, self.gate):
+        for part in (self.heartbeat, self.visibility, self.watchdog, self.gate, self.progress):
             part.signal_stop()
         # Marked stopped within what is left of the grace (a dead-looking row otherwise).
         self.presence.leave(max(0.0, min(1.0, deadline - time.monotonic())))

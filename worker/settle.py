@@ -43,6 +43,8 @@ def settle(
     if decision.resend is not None and current is not None:
         # The fresh message first: a crash before the delete leaves a harmless duplicate.
         delay = int(min(MAX_DELAY_SECONDS, decision.resend + 0.999))
-        sqs.send_batch([Outgoing(message.job_id, message.trace_id, delay, current.priority)])
+        sqs.send_batch(
+            [Outgoing(message.job_id, message.trace_id, delay, current.priority, current.queue)]
+        )
     sqs.delete(message)
     return decision

@@ -18,6 +18,7 @@ from app.api.middleware.body_limit import BodySizeLimit
 from app.api.middleware.metrics import HttpMetrics
 from app.api.middleware.rate_limit import RateLimiter
 from app.api.probes import build_sampler
+from app.api.routes import controls as control_routes
 from app.api.routes import health
 from app.api.routes import jobs as job_routes
 from app.api.routes import ops as ops_routes
@@ -180,5 +181,6 @@ def create_app(settings: Settings | None = None, *, tune_gc: bool = False) -> Fa
     app.include_router(ops_routes.router)
     app.include_router(schedule_routes.router)
     app.include_router(workflow_routes.router)
+    app.include_router(control_routes.router)
     app.include_router(dashboard_routes.router)
     return app

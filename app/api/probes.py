@@ -131,7 +131,7 @@ def build_sampler(settings: Settings, engine: Engine, sqs: SqsQueue) -> Dependen
     """A sampler with its own short-timeout, single-attempt SQS client on the same queues."""
     timeout = settings.probe_timeout_seconds
     client = make_sqs_client(settings, read_timeout=timeout, connect_timeout=timeout, retries=0)
-    probe_sqs = SqsQueue(client, sqs.url, sqs.dlq_url, sqs.priority_urls)
+    probe_sqs = SqsQueue(client, sqs.url, sqs.dlq_url, sqs.priority_urls, sqs.named_urls)
     return DependencySampler(
         engine, probe_sqs, interval=settings.probe_interval_seconds, timeout=timeout
     )

@@ -16,6 +16,7 @@ from typing import Any
 import jobq
 from app.config import Settings
 from app.errors import JobqError
+from jobq.client import UNSET
 
 # A shell user would rather hear that the API is down after a few seconds than after half a
 # minute of backoff.
@@ -29,6 +30,8 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("task")
         parser.add_argument("--payload", default="{}", help="JSON object")
         parser.add_argument("--priority", choices=["high", "default", "low"])
+        parser.add_argument("--queue", help="named queue (JOBQ_QUEUE_URLS)")
+        parser.add_argument("--callback-url", help="POSTed the job's JSON, signed, when final")
         parser.add_argument("--delay", type=int, dest="delay_seconds", help="seconds")
         parser.add_argument("--idempotency-key")
         parser.add_argument("--unique-key", help="one unfinished job per key")
@@ -52,6 +55,13 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
     elif name == "workflow":
         parser.add_argument("id")
         parser.add_argument("--cancel", action="store_true", help="cancel its unfinished jobs")
+    elif name in ("pause", "resume"):
+        parser.add_argument("scope", choices=["task", "queue"])
+        parser.add_argument("name")
+    elif name == "limits":
+        parser.add_argument("task")
+        parser.add_argument("--max-concurrency", help="a number, or 'none' to clear")
+        parser.add_argument("--rate-limit", help="e.g. 100/minute, or 'none' to clear")
     elif name == "list":
         parser.add_argument("--status")
         parser.add_argument("--task")
@@ -104,6 +114,8 @@ def _run(client: jobq.Client, args: argparse.Namespace) -> int:
         page = list(itertools.islice(client.list(page_size=args.limit, **filters), args.limit))
         _emit(args, {"items": [_data(j) for j in page]}, "\n".join(map(_line, page)) or "no jobs")
         return 0
+    if args.command in ("pause", "resume", "limits", "controls"):
+        return _flow(client, args)
     stats = client.stats()
     depth = {name: (d or {}).get("visible") for name, d in stats["queues"].items()}
     human = "\n".join(
@@ -134,7 +146,15 @@ def _submit(client: jobq.Client, args: argparse.Namespace) -> int:
     payload = _payload(args.payload)
     options = {
         k: v
-        for k in ("priority", "delay_seconds", "idempotency_key", "unique_key", "depends_on")
+        for k in (
+            "priority",
+            "delay_seconds",
+            "idempotency_key",
+            "unique_key",
+            "depends_on",
+            "queue",
+            "callback_url",
+        )
         if (v := getattr(args, k)) is not None
     }
     job = client.submit(args.task, payload, **options)
@@ -181,4 +201,47 @@ def _schedules(client: jobq.Client, args: argparse.Namespace) -> int:
     else:
         schedule = client.schedule(args.name)
     _emit(args, schedule.model_dump(mode="json"), _schedule_line(schedule))
+    return 0
+
+
+def _control_line(c: jobq.Control) -> str:
+    state = "paused" if c.paused else "running"
+    conc = c.effective_max_concurrency or "-"
+    rate = c.effective_rate_limit or "-"
+    busy = "" if c.running is None else f"  running now {c.running}"
+    return f"{c.scope:<5} {c.name:<20} {state:<8} max_concurrency {conc}  rate {rate}{busy}"
+
+
+def _limit_value(text: str | None, number: bool) -> Any:
+    if text is None:
+        return UNSET
+    if text.lower() == "none":
+        return None
+    if not number:
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise JobqError(f"--max-concurrency must be a whole number or 'none': {text!r}") from None
+
+
+def _flow(client: jobq.Client, args: argparse.Namespace) -> int:
+    """pause/resume task|queue NAME, limits TASK [...], controls."""
+    if args.command == "controls":
+        found = client.list_controls()
+        human = "\n".join(map(_control_line, found)) or "nothing paused or limited"
+        _emit(args, {"controls": [c.model_dump(mode="json") for c in found]}, human)
+        return 0
+    if args.command in ("pause", "resume"):
+        where = {args.scope: args.name}
+        c = client.pause(**where) if args.command == "pause" else client.resume(**where)
+    elif args.max_concurrency is None and args.rate_limit is None:
+        c = client.controls(task=args.task)
+    else:
+        c = client.set_limits(
+            args.task,
+            max_concurrency=_limit_value(args.max_concurrency, True),
+            rate_limit=_limit_value(args.rate_limit, False),
+        )
+    _emit(args, c.model_dump(mode="json"), _control_line(c))
     return 0

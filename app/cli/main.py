@@ -202,6 +202,13 @@ COMMANDS: dict[str, tuple[Callable[[Settings, argparse.Namespace], int], str]] =
         "| enable NAME | disable NAME | delete NAME",
     ),
     "workflow": (cmd_client, "show a workflow's jobs and status: workflow ID [--cancel]"),
+    "pause": (cmd_client, "pause a task or queue: pause task|queue NAME"),
+    "resume": (cmd_client, "resume a task or queue: resume task|queue NAME"),
+    "limits": (
+        cmd_client,
+        "show or set a task's limits: limits TASK [--max-concurrency N] [--rate-limit 100/minute]",
+    ),
+    "controls": (cmd_client, "list paused and limited tasks and queues"),
 }
 
 
@@ -260,10 +267,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "dev" and "JOBQ_LOG_FORMAT" not in os.environ:
         settings = settings.model_copy(update={"log_format": "console"})
-    quiet = ("dlq", "keys", "submit", "status", "list", "stats", "schedules", "workflow")
-    if args.command in quiet and (
-        "JOBQ_LOG_LEVEL" not in os.environ
-    ):
+    quiet = (
+        *("dlq", "keys", "submit", "status", "list", "stats", "schedules", "workflow"),
+        *("pause", "resume", "limits", "controls"),
+    )
+    if args.command in quiet and ("JOBQ_LOG_LEVEL" not in os.environ):
         settings = settings.model_copy(update={"log_level": "WARNING"})  # keep stdout for output
     configure_logging(settings)
     handler, _ = COMMANDS[args.command]

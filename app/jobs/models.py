@@ -95,6 +95,8 @@ class Job(Base):
             "updated_at",
             postgresql_where=text("status IN ('queued', 'retrying') AND published_at IS NULL"),
         ),
+        # A claim under a concurrency limit counts the task's running jobs.
+        Index("ix_jobs_running_task", "task", postgresql_where=text("status = 'running'")),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
@@ -146,6 +148,14 @@ class Job(Base):
     pending_parents: Mapped[int | None] = mapped_column(Integer, nullable=True)
     on_parent_failure: Mapped[str | None] = mapped_column(String(8), nullable=True)
     parent_results: Mapped[Any | None] = mapped_column(JSONB, nullable=True)
+    # The named queue (SQS queue) the job is routed to (docs/flow-control.md).
+    queue: Mapped[str] = mapped_column(String(64), server_default="default")
+    # ctx.progress(fraction, message), written throttled by the worker.
+    progress: Mapped[float | None] = mapped_column(Float, nullable=True)
+    progress_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    progress_at: Mapped[datetime | None] = _ts()
+    # POSTed the job's JSON (signed) when it reaches a final status.
+    callback_url: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class JobAttempt(Base):
@@ -188,3 +198,24 @@ class JobDependency(Base):
     # Set once the parent's final status was applied to the child: exactly once per edge,
     # even when the parent is retried and finishes again.
     settled: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+
+
+class FlowControl(Base):
+    """Pause and limits of one task or queue, shared by every worker (docs/flow-control.md)."""
+
+    __tablename__ = "flow_controls"
+    __table_args__ = (CheckConstraint("scope IN ('task', 'queue')", name="ck_flow_controls_scope"),)
+
+    scope: Mapped[str] = mapped_column(String(8), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    paused: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    # Set at run time; NULL falls back to the code's declaration.
+    max_concurrency: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    rate_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    rate_period: Mapped[float | None] = mapped_column(Float, nullable=True)
+    declared_max_concurrency: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    declared_rate_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    declared_rate_period: Mapped[float | None] = mapped_column(Float, nullable=True)
+    tokens: Mapped[float | None] = mapped_column(Float, nullable=True)
+    refilled_at: Mapped[datetime | None] = _ts()
+    updated_at: Mapped[datetime] = _ts(nullable=False, default=True)

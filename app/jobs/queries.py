@@ -34,10 +34,11 @@ class JobView:
     crashes: int = 0
     redeliveries: int = 0
     priority: str = "default"
+    queue: str = "default"
 
 
 _VIEW = text(
-    """SELECT status, attempts, max_attempts, failures, crashes, redeliveries, priority,
+    """SELECT status, attempts, max_attempts, failures, crashes, redeliveries, priority, queue,
               coalesce(extract(epoch FROM lease_expires_at - now()), 0) AS lease_left,
               greatest(0, extract(epoch FROM run_at - now())) AS run_left
        FROM jobs WHERE id = :id"""
@@ -59,6 +60,7 @@ def view(session: Session | Connection, job_id: uuid.UUID) -> JobView | None:
         row.crashes,
         row.redeliveries,
         row.priority,
+        row.queue,
     )
 
 
@@ -140,7 +142,7 @@ def claim_unpublished(session: Session, *, older_than_seconds: float, limit: int
     retrying ones whose next run is within SQS's delay window (SKIP LOCKED: dispatchers share
     the work)."""
     stmt = (
-        select(Job.id, Job.trace_id, Job.priority, _DELAY_LEFT)
+        select(Job.id, Job.trace_id, Job.priority, _DELAY_LEFT, Job.queue)
         .where(
             Job.status.in_([JobStatus.QUEUED.value, JobStatus.RETRYING.value]),
             Job.published_at.is_(None),
@@ -155,7 +157,7 @@ def claim_unpublished(session: Session, *, older_than_seconds: float, limit: int
         .with_for_update(skip_locked=True)
     )
     rows = session.execute(stmt, {"after": older_than_seconds}).all()
-    return [Outgoing(r[0], r[1], int(r[3] or 0), r[2]) for r in rows]
+    return [Outgoing(r[0], r[1], int(r[3] or 0), r[2], r[4]) for r in rows]
 
 
 # Seconds until run_at, rounded up so SQS never delivers early, within SQS's 15-minute limit.
@@ -168,7 +170,7 @@ _DELAY_LEFT = text(
 def claim_due_scheduled(session: Session, *, limit: int) -> list[Outgoing]:
     """Lock scheduled jobs due within SQS's delay window; they are sent with the delay left."""
     stmt = (
-        select(Job.id, Job.trace_id, Job.priority, _DELAY_LEFT)
+        select(Job.id, Job.trace_id, Job.priority, _DELAY_LEFT, Job.queue)
         .where(
             Job.status == JobStatus.SCHEDULED.value,
             Job.run_at <= text(f"now() + interval '{MAX_DELAY_SECONDS} seconds'"),
@@ -177,7 +179,8 @@ def claim_due_scheduled(session: Session, *, limit: int) -> list[Outgoing]:
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
-    return [Outgoing(r[0], r[1], int(r[3] or 0), r[2]) for r in session.execute(stmt).all()]
+    rows = session.execute(stmt).all()
+    return [Outgoing(r[0], r[1], int(r[3] or 0), r[2], r[4]) for r in rows]
 
 
 def make_due(session: Session, job_id: uuid.UUID) -> bool:
@@ -189,13 +192,16 @@ def make_due(session: Session, job_id: uuid.UUID) -> bool:
         .returning(Job.id)
     )
     return session.execute(stmt).first() is not None
-# Jobs of some priorities that should have a message in their queue: every running one (its
-# message is in flight) and every queued or retrying one whose send SQS confirmed more than
-# :settle seconds ago (younger sends may not show in SQS's approximate counts yet) or before
+
+
+# Jobs of some (named queue, priority) routes that should have a message in their SQS queue:
+# every running one (its message is in flight) and every queued or retrying one whose send SQS
+# confirmed more than :settle seconds ago (younger sends may not show in SQS's approximate counts yet) or before
 # the queue was created (it cannot be in there).
 _EXPECTED = text(
     """SELECT count(*) FROM jobs
-       WHERE priority = ANY(:priorities)
+       WHERE (queue, priority) IN (SELECT * FROM unnest(CAST(:queues AS text[]),
+                                                        CAST(:priorities AS text[])))
          AND (status = 'running'
               OR (status IN ('queued', 'retrying')
                   AND (published_at < now() - make_interval(secs => :settle)
@@ -203,11 +209,20 @@ _EXPECTED = text(
 )
 
 
+def _routes(routes: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
+    return {"queues": [q for q, _ in routes], "priorities": [p for _, p in routes]}
+
+
 def expected_messages(
-    session: Session, priorities: Sequence[str], *, settle_seconds: float, queue_created: float
+    session: Session,
+    routes: Sequence[tuple[str, str]],
+    *,
+    settle_seconds: float,
+    queue_created: float,
 ) -> int:
-    """How many jobs of these priorities should have a message in SQS (the reconciler's gate)."""
-    params = {"priorities": list(priorities), "settle": settle_seconds, "created": queue_created}
+    """How many jobs of these (queue, priority) routes should have a message in SQS (the
+    reconciler's gate)."""
+    params = {**_routes(routes), "settle": settle_seconds, "created": queue_created}
     return int(session.scalar(_EXPECTED, params) or 0)
 
 
@@ -217,9 +232,11 @@ def expected_messages(
 # (the queue was deleted and made again, e.g. an emulator restarted). Never while a lease is
 # live. Oldest first: retention expiry loses the oldest messages.
 _DRIFTED = text(
-    f"""SELECT id, trace_id, priority, status, {_DELAY_LEFT.text}
+    f"""SELECT id, trace_id, priority, queue, status, {_DELAY_LEFT.text}
         FROM jobs
-        WHERE status IN ('queued', 'retrying', 'running') AND priority = ANY(:priorities)
+        WHERE status IN ('queued', 'retrying', 'running')
+          AND (queue, priority) IN (SELECT * FROM unnest(CAST(:queues AS text[]),
+                                                         CAST(:priorities AS text[])))
           AND published_at IS NOT NULL
           AND (lease_expires_at IS NULL
                OR lease_expires_at + make_interval(secs => :lease_margin) < now())
@@ -242,24 +259,27 @@ class Drifted:
 
 def claim_drifted(
     session: Session,
-    priorities: Sequence[str],
+    routes: Sequence[tuple[str, str]],
     *,
     after_seconds: float,
     lease_margin: float,
     queue_created: float,
     limit: int,
 ) -> list[Drifted]:
-    """Lock up to `limit` jobs of these priorities whose message should long have been claimed
-    (see _DRIFTED); SKIP LOCKED: a claim in progress is left to finish."""
+    """Lock up to `limit` jobs of these (queue, priority) routes whose message should long have
+    been claimed (see _DRIFTED); SKIP LOCKED: a claim in progress is left to finish."""
     params = {
-        "priorities": list(priorities),
+        **_routes(routes),
         "after": after_seconds,
         "lease_margin": lease_margin,
         "created": queue_created,
         "limit": limit,
     }
     return [
-        Drifted(Outgoing(r.id, r.trace_id, int(r.delay_left or 0), r.priority), JobStatus(r.status))
+        Drifted(
+            Outgoing(r.id, r.trace_id, int(r.delay_left or 0), r.priority, r.queue),
+            JobStatus(r.status),
+        )
         for r in session.execute(_DRIFTED, params)
     ]
 
@@ -331,3 +351,36 @@ def insert_tick(session: Session, row: dict[str, Any]) -> Any:
         .returning(Job.id, Job.trace_id, Job.priority)
     )
     return session.execute(stmt).first()
+
+
+_PROGRESS = text(
+    """
+    UPDATE jobs AS j SET progress = v.fraction, progress_message = v.message,
+                         progress_at = now()
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:attempts AS int[]), CAST(:fractions AS float8[]),
+                CAST(:messages AS text[])) AS v(id, attempt, fraction, message)
+    WHERE j.id = v.id
+      AND j.id IN (SELECT id FROM jobs WHERE id = ANY(CAST(:ids AS uuid[])) ORDER BY id
+                   FOR UPDATE)
+      AND j.status = 'running' AND j.worker_id = :worker AND j.attempts = v.attempt
+    """
+)
+
+
+def write_progress(
+    conn: Connection | Session,
+    worker_id: str,
+    reports: Sequence[tuple[uuid.UUID, int, float, str | None]],
+) -> None:
+    """Record (job id, attempt, fraction, message) reports of runs this worker still holds."""
+    if reports:
+        conn.execute(
+            _PROGRESS,
+            {
+                "ids": [str(r[0]) for r in reports],
+                "attempts": [r[1] for r in reports],
+                "fractions": [r[2] for r in reports],
+                "messages": [r[3] for r in reports],
+                "worker": worker_id,
+            },
+        )

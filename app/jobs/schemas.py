@@ -61,6 +61,10 @@ class JobCreate(BaseModel):
     depends_on: list[uuid.UUID] | None = Field(None, min_length=1, max_length=MAX_PARENTS)
     on_parent_failure: OnParentFailure = "cancel"
     workflow_id: uuid.UUID | None = None
+    # The named queue (default: the task's declared queue, else "default").
+    queue: SafeStr | None = Field(None, min_length=1, max_length=64, examples=["media"])
+    # POSTed the job's JSON, signed, once the job reaches a final status.
+    callback_url: SafeStr | None = Field(None, min_length=8, max_length=2048)
 
 
 class JobBatchCreate(BaseModel):
@@ -121,6 +125,12 @@ class JobOut(BaseModel):
     unique_until: datetime | None = None
     workflow_id: uuid.UUID | None = None
     schedule_id: uuid.UUID | None = None
+    queue: str = "default"
+    # ctx.progress(fraction, message) of the current run (kept once it ends).
+    progress: float | None = None
+    progress_message: str | None = None
+    progress_at: datetime | None = None
+    callback_url: str | None = None
     # Fields too large to show here: payload/result replaced by {"truncated": true, "bytes": N},
     # error cut short (GET /jobs/{id} shows a job whole; docs/operations-limits.md).
     truncated_fields: list[Literal["payload", "result", "error"]] = []

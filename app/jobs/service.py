@@ -21,6 +21,7 @@ from app.config import Settings
 from app.db import HeldConnections, translate_db_errors
 from app.errors import Conflict, InvalidInput, JobqError, NotFound
 from app.jobs import bulk, queries, transitions, views, workflows
+from app.jobs.callbacks import CALLBACK_TASK, check_callback_url
 from app.jobs.filters import JobFilter
 from app.jobs.models import Job
 from app.jobs.notify import FinalListener, listen_connection
@@ -33,7 +34,7 @@ from app.outbox.group_commit import GroupCommit, Row
 from app.outbox.publisher import Publisher
 from app.sqs.limits import MAX_DELAY_SECONDS
 from app.sqs.queue import Outgoing
-from app.tasks.registry import Registry
+from app.tasks.registry import Registry, TaskSpec
 
 log = logging.getLogger("jobq.jobs")
 # The longest GET /jobs/{id}?wait=N may hold a request (seconds): short enough for proxies'
@@ -112,6 +113,11 @@ class JobService:
     def row_for(self, req: JobCreate, *, trace_id: str | None, key: str | None) -> Row:
         """Validate one request and build its row (raises InvalidInput naming the field)."""
         spec = self._registry.get(req.task)
+        if req.task == CALLBACK_TASK:
+            raise InvalidInput(
+                f"{CALLBACK_TASK} jobs are created by jobq for callback_url, not submitted",
+                field="task",
+            )
         check_payload(req.payload, max_depth=self._settings.max_payload_depth)
         self._registry.validate_payload(req.task, req.payload)
         ceiling = self._settings.max_attempts_ceiling
@@ -144,6 +150,8 @@ class JobService:
             "timeout_seconds": req.timeout_seconds or spec.timeout_seconds,
             "trace_id": trace_id,
             "priority": req.priority,
+            "queue": self._queue_for(req, spec),
+            "callback_url": self._callback_url(req),
             "run_at": run_at if run_at is not None and run_at > now else None,
         }
         if req.unique_key is not None:
@@ -165,6 +173,27 @@ class JobService:
                 idempotency_expires_at=now + timedelta(seconds=self._settings.idempotency_ttl),
             )
         return row
+
+    def _queue_for(self, req: JobCreate, spec: TaskSpec) -> str:
+        """The named queue of a new job: asked for, else the task's, else "default"."""
+        queue = req.queue or spec.queue or "default"
+        if queue not in self._settings.queue_names:
+            known = ", ".join(self._settings.queue_names)
+            raise InvalidInput(
+                f"unknown queue {queue!r} (known: {known}; JOBQ_QUEUE_URLS names the others)",
+                field="queue",
+            )
+        return queue
+
+    def _callback_url(self, req: JobCreate) -> str | None:
+        """The checked callback_url; refused while callbacks could not be signed."""
+        url = check_callback_url(req.callback_url)
+        if url is not None and not self._settings.callback_secret:
+            raise InvalidInput(
+                "callback_url needs JOBQ_CALLBACK_SECRET set on the server (callbacks are signed)",
+                field="callback_url",
+            )
+        return url
 
     async def submit_async(
         self, req: JobCreate, *, trace_id: str | None = None, header_key: str | None = None
@@ -279,14 +308,16 @@ class JobService:
                 extra = {"job_id": str(r["id"]), "task": r["task"], "trace_id": r["trace_id"]}
                 log.info("job submitted", extra=extra)
             if r["status"] == JobStatus.QUEUED.value:
-                out = _outgoing(r["id"], r["trace_id"], r["run_at"], r["priority"])
+                out = _outgoing(r["id"], r["trace_id"], r["run_at"], r["priority"], r["queue"])
                 self._publisher.publish(out)
 
     def _publish(self, jobs: Sequence[Any]) -> None:
         """Publish re-enqueued jobs, after their commit."""
         for job in jobs:
             if job.status == JobStatus.QUEUED.value:
-                self._publisher.publish(_outgoing(job.id, job.trace_id, job.run_at, job.priority))
+                self._publisher.publish(
+                    _outgoing(job.id, job.trace_id, job.run_at, job.priority, job.queue)
+                )
 
     # -- read -------------------------------------------------------------------------------
 
@@ -457,12 +488,12 @@ class JobService:
 
 
 def _outgoing(
-    job_id: uuid.UUID, trace_id: str | None, run_at: datetime | None, priority: str
+    job_id: uuid.UUID, trace_id: str | None, run_at: datetime | None, priority: str, queue: str
 ) -> Outgoing:
     delay = 0
     if run_at is not None:
         delay = max(0, int((run_at - datetime.now(UTC)).total_seconds() + 0.999))
-    return Outgoing(job_id, trace_id, min(delay, MAX_DELAY_SECONDS), priority)
+    return Outgoing(job_id, trace_id, min(delay, MAX_DELAY_SECONDS), priority, queue)
 
 
 def _guarded(row: Row) -> bool:

@@ -80,6 +80,7 @@ class Claimed:
     series: int = 1
     priority: str = "default"
     parents: list[dict[str, Any]] | None = None  # a workflow job's parents' outcomes
+    queue: str = "default"
 
 
 _CLAIM = text(
@@ -94,7 +95,8 @@ _CLAIM = text(
             crashes = j.crashes + CAST(prev.status = 'running' AS int), worker_id = :worker,
             lease_expires_at = now() + make_interval(secs => :lease),
             started_at = coalesce(j.started_at, now()), updated_at = now(),
-            published_at = coalesce(j.published_at, now())
+            published_at = coalesce(j.published_at, now()),
+            progress = NULL, progress_message = NULL, progress_at = NULL
         FROM prev
         WHERE {BY_ID} AND j.id = prev.id AND j.failures < j.max_attempts
           AND j.crashes + CAST(prev.status = 'running' AS int) < :max_crashes
@@ -104,7 +106,8 @@ _CLAIM = text(
                                         < now())
           AND (j.run_at IS NULL OR j.run_at <= now() + interval '1 second')
         RETURNING j.id, j.task, j.payload, j.attempts, j.failures, j.max_attempts, j.series,
-                  j.priority, j.timeout_seconds, j.trace_id, j.parent_results, now() AS started,
+                  j.priority, j.queue, j.timeout_seconds, j.trace_id, j.parent_results,
+                  now() AS started,
                   prev.status AS prev_status, prev.worker_id AS prev_worker, prev.queued_at
     ), lost AS (
         -- The previous run's worker died holding the job: record that run as lost.
@@ -159,6 +162,7 @@ def claim_many(
             series=row.series,
             priority=row.priority,
             parents=row.parent_results,
+            queue=row.queue,
         )
     return claimed
 
@@ -451,7 +455,7 @@ def requeue(
             run_at=None,
             updated_at=_NOW,
         )
-        .returning(Job.id, Job.status, Job.trace_id, Job.run_at, Job.priority)
+        .returning(Job.id, Job.status, Job.trace_id, Job.run_at, Job.priority, Job.queue)
         .execution_options(synchronize_session=False)
     )
     return list(session.execute(stmt).all())  # type: ignore[arg-type]
@@ -601,6 +605,8 @@ def cancel_workflow(session: Session, workflow_id: uuid.UUID) -> tuple[list[uuid
 
 def _uuid(value: Any) -> uuid.UUID:
     return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+
+
 def run_now(session: Session, job_id: uuid.UUID) -> list[Row[Any]]:
     """queued|retrying -> queued, due now, its send unconfirmed (retry of a waiting job).
 

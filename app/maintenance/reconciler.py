@@ -68,7 +68,8 @@ class Reconciler(PeriodicLoop):
     def run_once(self) -> int:
         """One pass (if no other process is making one); how many jobs were re-sent."""
         # Counted before the lock: a hung SQS endpoint stalls this process, not the lock.
-        counts = {url: self._sqs.counts(url) for url in self._sqs.distinct_urls()}
+        urls = self._sqs.distinct_urls(self._sqs.queue_names())
+        counts = {url: self._sqs.counts(url) for url in urls}
         with translate_db_errors(), self._sessions.begin() as session:
             if not leader.lead(session, leader.Pass.RECONCILE):
                 return 0
@@ -85,9 +86,9 @@ class Reconciler(PeriodicLoop):
         """Drifted jobs, per queue no more than SQS is short of, at most a batch in all."""
         found: list[Drifted] = []
         for url, seen in counts.items():
-            priorities = self._sqs.priorities_of(url)
+            routes = self._sqs.routes_of(url)
             expected = queries.expected_messages(
-                session, priorities, settle_seconds=self._settle, queue_created=seen.created
+                session, routes, settle_seconds=self._settle, queue_created=seen.created
             )
             missing = expected - seen.messages
             budget = min(missing, self._batch - len(found))
@@ -95,7 +96,7 @@ class Reconciler(PeriodicLoop):
                 continue
             found += queries.claim_drifted(
                 session,
-                priorities,
+                routes,
                 after_seconds=self._after,
                 lease_margin=self._lease_margin,
                 queue_created=seen.created,

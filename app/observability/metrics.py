@@ -32,6 +32,11 @@ JOBS_FINISHED = Counter("jobq_jobs_finished_total", "Attempts that ended a job",
 JOBS_RETRIED = Counter(
     "jobq_jobs_retried_total", "Attempts that failed and will be retried", ["task"]
 )
+JOBS_DEFERRED = Counter(
+    "jobq_jobs_deferred_total",
+    "Deliveries held back by flow control (paused, concurrency or rate limit)",
+    ["reason"],
+)
 JOB_DURATION = Histogram(
     "jobq_job_duration_seconds", "Handler run time per attempt", ["task"], buckets=DURATION_BUCKETS
 )

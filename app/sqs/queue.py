@@ -93,6 +93,7 @@ class Outgoing:
     trace_id: str | None = None
     delay_seconds: int = 0
     priority: str = "default"
+    queue: str = "default"  # the named queue (routing); "default" is SQS_QUEUE_URL's
 
 
 def encode_body(job_id: uuid.UUID) -> str:
@@ -120,12 +121,12 @@ def _entry(out: Outgoing, index: int) -> dict[str, Any]:
 
 
 def send_calls(
-    items: Sequence[Outgoing], url_for: Callable[[str], str]
+    items: Sequence[Outgoing], url_for: Callable[[str, str], str]
 ) -> list[tuple[str, list[Outgoing]]]:
     """The SendMessageBatch calls that publish `items`: (queue URL, up to 10 items) each."""
     by_url: dict[str, list[Outgoing]] = {}
     for item in items:
-        by_url.setdefault(url_for(item.priority), []).append(item)
+        by_url.setdefault(url_for(item.priority, item.queue), []).append(item)
     return [
         (url, group[start : start + MAX_BATCH])
         for url, group in by_url.items()
@@ -142,6 +143,7 @@ class SqsQueue:
         queue_url: str,
         dlq_url: str = "",
         priority_urls: dict[str, str] | None = None,
+        named_urls: dict[str, str] | None = None,
     ) -> None:
         self.client = client
         self.url = queue_url
@@ -149,23 +151,35 @@ class SqsQueue:
         self.priority_urls = {p: u for p, u in (priority_urls or {}).items() if u} or {
             "default": queue_url
         }
+        # Named queues (routing): "media" -> URL, and optionally "media:high" -> URL.
+        self.named_urls = dict(named_urls or {})
 
     def with_client(self, client: Any) -> SqsQueue:
         """The same queues through another client (e.g. one with shorter timeouts)."""
-        clone = SqsQueue(client, self.url, self.dlq_url, self.priority_urls)
+        clone = SqsQueue(client, self.url, self.dlq_url, self.priority_urls, self.named_urls)
         return clone
 
-    def url_for(self, priority: str) -> str:
-        """The queue that carries jobs of `priority`."""
+    def url_for(self, priority: str, queue: str = "default") -> str:
+        """The SQS queue that carries jobs of `priority` on the named `queue`.
+
+        A named queue without a URL of its own for `priority` uses its plain URL; a name with
+        no URL at all (the API refuses those at submit) falls back to the default queue, so a
+        job is never lost for want of a queue.
+        """
+        if queue != "default":
+            url = self.named_urls.get(f"{queue}:{priority}") or self.named_urls.get(queue)
+            if url:
+                return url
         return self.priority_urls.get(priority) or self.url
 
-    def distinct_urls(self) -> list[str]:
-        """Each queue once, in priority order (high, default, low)."""
+    def distinct_urls(self, queues: Sequence[str] = ("default",)) -> list[str]:
+        """Each SQS queue of the named `queues` once, in priority order (high, default, low)."""
         urls: list[str] = []
-        for priority in PRIORITIES:
-            url = self.url_for(priority)
-            if url not in urls:
-                urls.append(url)
+        for queue in queues:
+            for priority in PRIORITIES:
+                url = self.url_for(priority, queue)
+                if url not in urls:
+                    urls.append(url)
         return urls
 
     def send_call(self, url: str, chunk: Sequence[Outgoing]) -> list[uuid.UUID]:
@@ -262,9 +276,19 @@ class SqsQueue:
         held = sum(int(attrs.get(name, 0)) for name in COUNTED[:3])
         return QueueCounts(held, float(attrs.get("CreatedTimestamp", 0)))
 
-    def priorities_of(self, queue_url: str) -> list[str]:
-        """The priorities whose jobs go to `queue_url`."""
-        return [p for p in PRIORITIES if self.url_for(p) == queue_url]
+    def queue_names(self) -> list[str]:
+        """"default" and every named queue this process knows (JOBQ_QUEUE_URLS)."""
+        names = ["default"]
+        for key in self.named_urls:
+            name = key.split(":", 1)[0]
+            if name not in names:
+                names.append(name)
+        return names
+
+    def routes_of(self, queue_url: str) -> list[tuple[str, str]]:
+        """The (named queue, priority) pairs whose jobs go to `queue_url`."""
+        names = self.queue_names()
+        return [(q, p) for q in names for p in PRIORITIES if self.url_for(p, q) == queue_url]
 
     def redrive_policy(self, queue_url: str | None = None) -> dict[str, Any] | None:
         """The queue's RedrivePolicy (main queue by default), or None when it has none."""

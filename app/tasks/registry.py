@@ -14,11 +14,13 @@ from typing import Any, NoReturn
 from pydantic import BaseModel, ValidationError
 
 from app.errors import InvalidInput, JobqError, Snooze
+from app.tasks.limits import Rate, check_queue_name, parse_rate
 from app.tasks.retry import Backoff, as_backoff
 
 Handler = Callable[[Any, "JobContext"], Any]
+MAX_PROGRESS_MESSAGE = 1000  # characters of a progress message that are kept
 # Modules of the tasks every process has, imported before JOBQ_TASK_MODULES.
-BUILTIN_MODULES = ("app.tasks.builtin", "app.tasks.http")
+BUILTIN_MODULES = ("app.tasks.builtin", "app.tasks.http", "app.tasks.callback")
 
 
 class Cancellation(threading.Event):
@@ -115,6 +117,30 @@ class JobContext:
         """The parents' results in depends_on order (None for a parent that did not succeed)."""
         return [p.get("result") if p.get("status") == "succeeded" else None for p in self.parents]
 
+    # The latest ctx.progress() not yet written (the worker writes it, throttled).
+    _progress: tuple[float, str | None] | None = field(default=None, repr=False)
+    _progress_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def progress(self, fraction: float, message: str | None = None) -> None:
+        """Report how far the run is (0.0-1.0) with an optional message; never blocks.
+
+        The worker writes the latest report about once a second (JOBQ_PROGRESS_INTERVAL_SECONDS),
+        so calling this in a tight loop is cheap. It shows in GET /jobs/{id} as `progress`,
+        `progress_message` and `progress_at`.
+        """
+        value = float(fraction)
+        if not 0.0 <= value <= 1.0:  # also refuses NaN
+            raise ValueError(f"progress must be between 0 and 1, not {fraction!r}")
+        text = None if message is None else str(message)[:MAX_PROGRESS_MESSAGE]
+        with self._progress_lock:
+            self._progress = (value, text)
+
+    def take_progress(self) -> tuple[float, str | None] | None:
+        """The report not yet written, if any (and forget it): the worker's side."""
+        with self._progress_lock:
+            report, self._progress = self._progress, None
+        return report
+
     @property
     def is_last_attempt(self) -> bool:
         """True when a failure now will not be retried."""
@@ -140,6 +166,11 @@ class TaskSpec:
     # (app/schedules; upserted by workers and the ticker at start).
     schedule: str | None = None
     tz: str = "UTC"
+    # Flow control (docs/flow-control.md): the named queue its jobs go to by default, and
+    # limits every worker enforces together when it claims.
+    queue: str | None = None
+    rate_limit: Rate | None = None
+    max_concurrency: int | None = None
 
     @property
     def is_async(self) -> bool:
@@ -172,6 +203,9 @@ class Registry:
         description: str | None = None,
         schedule: str | None = None,
         tz: str = "UTC",
+        queue: str | None = None,
+        rate_limit: str | None = None,
+        max_concurrency: int | None = None,
     ) -> Callable[[Handler], Handler]:
         """Decorator: register `handler(payload, ctx)` (sync or `async def`) under `name`;
         `schedule` (cron, in time zone `tz`) also runs it with an empty payload per tick."""
@@ -180,6 +214,14 @@ class Registry:
         if schedule is not None:
             _check_schedule(name, schedule, tz)
         retry_schedule = as_backoff(backoff)
+        if max_concurrency is not None and max_concurrency < 1:
+            raise JobqError(f"task {name!r}: max_concurrency must be at least 1")
+        try:
+            rate = parse_rate(rate_limit) if rate_limit is not None else None
+            if queue is not None:
+                check_queue_name(queue)
+        except ValueError as exc:
+            raise JobqError(f"task {name!r}: {exc}") from exc
 
         def decorate(handler: Handler) -> Handler:
             doc = description if description is not None else (handler.__doc__ or "")
@@ -193,6 +235,9 @@ class Registry:
                 doc.strip().splitlines()[0] if doc.strip() else "",
                 schedule,
                 tz,
+                queue,
+                rate,
+                max_concurrency,
             )
             with self._lock:
                 existing = self._tasks.get(name)
@@ -210,6 +255,10 @@ class Registry:
             known = ", ".join(sorted(self._tasks)) or "none"
             raise InvalidInput(f"unknown task {name!r}; known tasks: {known}", field="task")
         return spec
+
+    def specs(self) -> list[TaskSpec]:
+        """Every registered task, by name."""
+        return [self._tasks[n] for n in sorted(self._tasks)]
 
     def names(self) -> list[str]:
         """Registered task names, sorted."""
