@@ -196,8 +196,8 @@ def make_due(session: Session, job_id: uuid.UUID) -> bool:
 
 # Jobs of some (named queue, priority) routes that should have a message in their SQS queue:
 # every running one (its message is in flight) and every queued or retrying one whose send SQS
-# confirmed more than :settle seconds ago (younger sends may not show in SQS's approximate counts yet) or before
-# the queue was created (it cannot be in there).
+# confirmed more than :settle seconds ago (younger sends may not show in SQS's approximate
+# counts yet) or before the queue was created (it cannot be in there).
 _EXPECTED = text(
     """SELECT count(*) FROM jobs
        WHERE (queue, priority) IN (SELECT * FROM unnest(CAST(:queues AS text[]),
