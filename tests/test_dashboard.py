@@ -133,8 +133,10 @@ def test_live_updates_keep_a_half_typed_filter(browser: Any, live_api: str) -> N
     # The list refreshes itself (htmx) and shows the new job; the page was not reloaded.
     wait_for(
         # Read in the page, in one step: htmx may swap the element between a find and a read.
-        lambda: first
-        in browser.execute_script("return document.getElementById('jobs')?.innerHTML || ''"),
+        lambda: (
+            first
+            in browser.execute_script("return document.getElementById('jobs')?.innerHTML || ''")
+        ),
         what="the live list to show the new job",
         timeout=20,
     )

@@ -277,7 +277,7 @@ class SqsQueue:
         return QueueCounts(held, float(attrs.get("CreatedTimestamp", 0)))
 
     def queue_names(self) -> list[str]:
-        """"default" and every named queue this process knows (JOBQ_QUEUE_URLS)."""
+        """ "default" and every named queue this process knows (JOBQ_QUEUE_URLS)."""
         names = ["default"]
         for key in self.named_urls:
             name = key.split(":", 1)[0]

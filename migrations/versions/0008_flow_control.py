@@ -55,7 +55,6 @@ def upgrade() -> None:
         sa.CheckConstraint("scope IN ('task', 'queue')", name="ck_flow_controls_scope"),
     )
 
-
     # Completion callbacks: a job with a callback_url that reaches a final status gets a
     # `jobq.callback` job in the same transaction, whoever wrote the status (the completer,
     # cancel, the dead-letter consumer). It is inserted unpublished: the dispatcher sends it.
