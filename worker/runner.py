@@ -12,6 +12,7 @@ import time
 import uuid
 from types import FrameType
 
+from app.catalogue.wiring import CataloguePublisher
 from app.config import Settings
 from app.db import HeldConnections
 from app.errors import InvalidInput, JobqError
@@ -132,6 +133,8 @@ class Worker:
         self.watchdog = LeaseWatchdog(self.inflight, lease=lease, margin=self.limits.lease_margin)
         self.dlq: DeadLetterConsumer | None = None
         self.max_receive_count: int | None = None
+        # The API validates submits against what workers publish here (it has no task code).
+        self.catalogue = CataloguePublisher(runtime.sessions, runtime.registry, s)
 
     def _backoff_for(self, task: str) -> RetrySchedule:
         try:
@@ -143,8 +146,14 @@ class Worker:
 
     def start(self) -> None:
         """Start polling and heartbeats; queue checks and the DLQ consumer wait for SQS."""
+        try:
+            # Before the first receive, so a job submitted right after start-up is accepted.
+            self.catalogue.publish()
+        except JobqError as exc:
+            log.warning("could not publish the task catalogue yet (retrying): %s", exc)
         for part in (self.pool, self.heartbeat, self.visibility, self.watchdog, self.gate):
             part.start()
+        self.catalogue.start()
         self.completer.start()
         self.consumer.start()
         # SQS may be unreachable right now: that must not stop the worker from starting.
@@ -240,7 +249,7 @@ class Worker:
             self._interrupt_running(cooperative)
         self.consumer.join(max(0.0, deadline - time.monotonic()))
         self.completer.stop(max(1.0, deadline - time.monotonic()))
-        for part in (self.heartbeat, self.visibility, self.watchdog, self.gate):
+        for part in (self.heartbeat, self.visibility, self.watchdog, self.gate, self.catalogue):
             part.signal_stop()
         self.db.close()
         self.pool.signal_stop()

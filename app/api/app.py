@@ -23,6 +23,7 @@ from app.api.routes import jobs as job_routes
 from app.api.routes import ops as ops_routes
 from app.api.routes.fast_submit import FastSubmit
 from app.auth.keys import KeySet, parse_env_keys
+from app.catalogue.wiring import CatalogueRefresher, build_catalogue
 from app.config import Settings, get_settings
 from app.errors import DatabaseUnavailable, JobqError
 from app.jobs.service import JobService
@@ -89,6 +90,7 @@ def create_app(settings: Settings | None = None, *, tune_gc: bool = False) -> Fa
             # The API's SQS calls (sends) never wait as long as a worker's long poll.
             sqs_client=make_sqs_client(settings, read_timeout=settings.sqs_read_timeout_seconds),
             statement_timeout_ms=settings.api_statement_timeout_ms,
+            load_tasks=False,  # the API never imports task code (the catalogue instead)
         )
         publisher = Publisher(
             runtime.sqs,
@@ -105,7 +107,9 @@ def create_app(settings: Settings | None = None, *, tune_gc: bool = False) -> Fa
         app.state.runtime = runtime
         app.state.publisher = publisher
         app.state.dispatcher = dispatcher
-        app.state.jobs = JobService(runtime.sessions, runtime.registry, publisher, settings)
+        catalogue = build_catalogue(runtime.sessions, settings)
+        refresher = CatalogueRefresher(catalogue, settings.catalogue_refresh_seconds)
+        app.state.jobs = JobService(runtime.sessions, catalogue, publisher, settings)
         sampler = build_sampler(settings, runtime.engine, runtime.sqs)
         app.state.sampler = sampler
         app.state.sampled_metrics = CachedGaugeCollector(sampler.gauges, ttl=0)
@@ -116,6 +120,7 @@ def create_app(settings: Settings | None = None, *, tune_gc: bool = False) -> Fa
             require_some_key(app.state.keys, runtime)
         publisher.start()
         sampler.start()
+        refresher.start()
         # Readiness from the first probe rather than "not probed yet" (bounded: a hung SQS
         # costs one probe timeout of start-up, PostgreSQL its connect timeout).
         await anyio.to_thread.run_sync(
@@ -133,6 +138,7 @@ def create_app(settings: Settings | None = None, *, tune_gc: bool = False) -> Fa
             app.state.jobs.close()  # commits what is queued and hands it to the publisher
             dispatcher.stop()
             retention.stop()
+            refresher.stop()
             sampler.stop()
             publisher.stop()
             runtime.close()

@@ -19,6 +19,7 @@ from app.tasks.retry import Backoff, as_backoff
 Handler = Callable[[Any, "JobContext"], Any]
 # Modules of the tasks every process has, imported before JOBQ_TASK_MODULES.
 BUILTIN_MODULES = ("app.tasks.builtin", "app.tasks.http")
+PRIORITIES = ("high", "default", "low")
 
 
 class Cancellation(threading.Event):
@@ -128,6 +129,7 @@ class TaskSpec:
     max_attempts: int | None = None
     backoff: Backoff | None = None
     description: str = ""
+    priority: str | None = None  # the jobs' priority when a submit names none
 
     @property
     def is_async(self) -> bool:
@@ -158,10 +160,13 @@ class Registry:
         max_attempts: int | None = None,
         backoff: Backoff | float | Sequence[float] | None = None,
         description: str | None = None,
+        priority: str | None = None,
     ) -> Callable[[Handler], Handler]:
         """Decorator: register `handler(payload, ctx)` (sync or `async def`) under `name`."""
         if max_attempts is not None and max_attempts < 1:
             raise JobqError(f"task {name!r}: max_attempts must be at least 1")
+        if priority not in (None, *PRIORITIES):
+            raise JobqError(f"task {name!r}: priority must be one of {', '.join(PRIORITIES)}")
         schedule = as_backoff(backoff)
 
         def decorate(handler: Handler) -> Handler:
@@ -174,6 +179,7 @@ class Registry:
                 max_attempts,
                 schedule,
                 doc.strip().splitlines()[0] if doc.strip() else "",
+                priority,
             )
             with self._lock:
                 existing = self._tasks.get(name)
@@ -191,6 +197,11 @@ class Registry:
             known = ", ".join(sorted(self._tasks)) or "none"
             raise InvalidInput(f"unknown task {name!r}; known tasks: {known}", field="task")
         return spec
+
+    def specs(self) -> list[TaskSpec]:
+        """Every registered task, by name."""
+        with self._lock:
+            return [self._tasks[n] for n in sorted(self._tasks)]
 
     def names(self) -> list[str]:
         """Registered task names, sorted."""
