@@ -2,16 +2,16 @@
 
     from jobq import task, JobContext, PermanentError, Retry, Snooze      # writing tasks
     from jobq import Client, AsyncClient, NotFound, WaitTimeout           # calling the API
+    from jobq import enqueue                                              # in your transaction
 
 `app/` and `worker/` are the service's machinery behind it; import only `jobq`.
-Transactional enqueue (`jobq.enqueue`, a job inserted in your own database transaction) is
-planned (issue 16, part 3) and will be exported here.
 """
 
 from app.errors import JobqError, PermanentError, Retry, RetryableError, Snooze, TaskTimeout
 from app.tasks.registry import JobContext, task
 from app.tasks.retry import Exponential, Fixed, Schedule
 from jobq.client import AsyncClient, Client
+from jobq.transaction import Enqueued, enqueue
 from jobq.errors import (
     ApiError,
     Conflict,
@@ -61,6 +61,9 @@ __all__ = [
     "JobStatus",
     "ListFilters",
     "SubmitOptions",
+    # Enqueue inside your own database transaction (jobq.enqueue).
+    "Enqueued",
+    "enqueue",
     # The client's errors (jobq.errors), all ApiError.
     "ApiError",
     "Conflict",
