@@ -11,7 +11,6 @@ from app.errors import JobqError, PermanentError, Retry, RetryableError, Snooze,
 from app.tasks.registry import JobContext, task
 from app.tasks.retry import Exponential, Fixed, Schedule
 from jobq.client import AsyncClient, Client
-from jobq.transaction import Enqueued, enqueue
 from jobq.errors import (
     ApiError,
     Conflict,
@@ -35,6 +34,7 @@ from jobq.models import (
     ListFilters,
     SubmitOptions,
 )
+from jobq.transaction import Enqueued, enqueue
 
 __all__ = [
     # Writing tasks (run by the worker), and their retry schedules.

@@ -123,9 +123,7 @@ class Worker:
         self.visibility = VisibilityKeeper(
             self.inflight,
             self.sqs.with_client(
-                make_sqs_client(
-                    s, read_timeout=HEARTBEAT_SQS_TIMEOUT, connect_timeout=2, retries=1
-                )
+                make_sqs_client(s, read_timeout=HEARTBEAT_SQS_TIMEOUT, connect_timeout=2, retries=1)
             ),
             interval=beat,
             visibility=lease,

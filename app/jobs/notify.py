@@ -129,9 +129,7 @@ class FinalListener(BackgroundLoop):
             except Exception as exc:  # noqa: BLE001 - any failure: reconnect, never die
                 self.listening.clear()
                 delay = backoff.next()
-                log.warning(
-                    "LISTEN %s lost; reconnecting in %.1f s: %s", self._channel, delay, exc
-                )
+                log.warning("LISTEN %s lost; reconnecting in %.1f s: %s", self._channel, delay, exc)
                 self.stopping.wait(delay)
             finally:
                 self.listening.clear()
