@@ -76,13 +76,12 @@ class _State:
 
 
 def _setup() -> tuple[Settings, Catalogue]:
+    settings = _State.settings = _State.settings or get_settings()
     if _State.catalogue is None:
-        settings = _State.settings or get_settings()
         _State.catalogue = Catalogue(
             None, local_definitions, max_age=settings.catalogue_refresh_seconds
         )
-        _State.settings = settings
-    return _State.settings, _State.catalogue
+    return settings, _State.catalogue
 
 
 def _fetcher(conn: Any) -> Fetch:

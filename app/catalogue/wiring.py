@@ -51,7 +51,7 @@ def build_catalogue(sessions: sessionmaker[Session], settings: Settings) -> Cata
         load,
         local_definitions,
         max_age=settings.catalogue_refresh_seconds,
-        unknown_retry=min(1.0, settings.catalogue_refresh_seconds),
+        unknown_retry=min(0.25, settings.catalogue_refresh_seconds),
     )
 
 
