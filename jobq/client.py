@@ -116,6 +116,10 @@ class Client(_Surface):
         """GET /stats: counts by status, queue depths, throughput, recent failures."""
         return self._run(core.stats(self.config))
 
+    def tasks(self) -> list[dict[str, Any]]:
+        """GET /tasks: the task catalogue (name, payload_schema, live, defaults, versions)."""
+        return self._run(core.tasks(self.config))
+
     def _send(self, call: Call) -> Outcome:
         try:
             return self._http.request(call.method, call.path, **call.request_options())
@@ -201,6 +205,10 @@ class AsyncClient(_Surface):
     async def stats(self) -> dict[str, Any]:
         """GET /stats: counts by status, queue depths, throughput, recent failures."""
         return await self._run(core.stats(self.config))
+
+    async def tasks(self) -> list[dict[str, Any]]:
+        """GET /tasks: the task catalogue (name, payload_schema, live, defaults, versions)."""
+        return await self._run(core.tasks(self.config))
 
     async def _send(self, call: Call) -> Outcome:
         try:
