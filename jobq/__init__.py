@@ -7,6 +7,8 @@
 `app/` and `worker/` are the service's machinery behind it; import only `jobq`.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from app.errors import JobqError, PermanentError, Retry, RetryableError, Snooze, TaskTimeout
 from app.tasks.registry import JobContext, task
 from app.tasks.retry import Exponential, Fixed, Schedule
@@ -34,7 +36,20 @@ from jobq.models import (
     ListFilters,
     SubmitOptions,
 )
-from jobq.transaction import Enqueued, enqueue
+
+if TYPE_CHECKING:
+    from jobq.transaction import Enqueued, enqueue
+
+
+def __getattr__(name: str) -> Any:
+    """`enqueue` and `Enqueued` load on first use: they need SQLAlchemy and the service's
+    validation, which client-only code never imports."""
+    if name in {"enqueue", "Enqueued"}:
+        from jobq import transaction
+
+        return getattr(transaction, name)
+    raise AttributeError(f"module 'jobq' has no attribute {name!r}")
+
 
 __all__ = [
     # Writing tasks (run by the worker), and their retry schedules.

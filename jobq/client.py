@@ -108,6 +108,10 @@ class Client(_Surface):
         """The job once final (long polls, not a busy loop); WaitTimeout after `timeout` s."""
         return self._run(core.wait(self.config, job, timeout))
 
+    def tasks(self) -> list[dict[str, Any]]:
+        """GET /tasks: the task catalogue (name, payload_schema, live, defaults, versions)."""
+        return self._run(core.tasks(self.config))
+
     def list(self, *, page_size: int = 100, **filters: Unpack[ListFilters]) -> Iterator[Job]:
         """Jobs newest first, fetched `page_size` at a time as the iteration goes."""
         return self._drive(self._list(page_size, filters))
@@ -115,10 +119,6 @@ class Client(_Surface):
     def stats(self) -> dict[str, Any]:
         """GET /stats: counts by status, queue depths, throughput, recent failures."""
         return self._run(core.stats(self.config))
-
-    def tasks(self) -> list[dict[str, Any]]:
-        """GET /tasks: the task catalogue (name, payload_schema, live, defaults, versions)."""
-        return self._run(core.tasks(self.config))
 
     def _send(self, call: Call) -> Outcome:
         try:
@@ -198,6 +198,10 @@ class AsyncClient(_Surface):
         """The job once final (long polls, not a busy loop); WaitTimeout after `timeout` s."""
         return await self._run(core.wait(self.config, job, timeout))
 
+    async def tasks(self) -> list[dict[str, Any]]:
+        """GET /tasks: the task catalogue (name, payload_schema, live, defaults, versions)."""
+        return await self._run(core.tasks(self.config))
+
     def list(self, *, page_size: int = 100, **filters: Unpack[ListFilters]) -> AsyncIterator[Job]:
         """Jobs newest first, fetched `page_size` at a time as the iteration goes."""
         return self._iterate(self._list(page_size, filters))
@@ -205,10 +209,6 @@ class AsyncClient(_Surface):
     async def stats(self) -> dict[str, Any]:
         """GET /stats: counts by status, queue depths, throughput, recent failures."""
         return await self._run(core.stats(self.config))
-
-    async def tasks(self) -> list[dict[str, Any]]:
-        """GET /tasks: the task catalogue (name, payload_schema, live, defaults, versions)."""
-        return await self._run(core.tasks(self.config))
 
     async def _send(self, call: Call) -> Outcome:
         try:
