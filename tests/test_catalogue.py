@@ -165,3 +165,12 @@ def test_batch_items_name_the_payload_field(fast_api: TestClient, runtime: Runti
     jobs = [{"task": name, "payload": {"n": 1}}, {"task": name, "payload": {}}]
     resp = fast_api.post("/jobs/batch", json={"jobs": jobs, "atomic": True})
     assert resp.status_code == 422 and resp.json()["error"]["field"] == "jobs.1.payload.n"
+
+
+def test_dashboard_lists_the_catalogue(fast_api: TestClient, runtime: Runtime, db: Any) -> None:
+    name = _name("shown")
+    _publish(runtime, _registry(name, Loose, description="Shown on the dashboard."), "v7")
+    wait_for(lambda: fast_api.get(f"/tasks/{name}").status_code == 200)
+    page = fast_api.get("/dashboard").text
+    row = page[page.index(f"<td>{name}</td>") :].split("</tr>")[0]
+    assert "live" in row and "v7" in row and "Shown on the dashboard." in row

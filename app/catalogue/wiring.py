@@ -50,7 +50,9 @@ def build_catalogue(sessions: sessionmaker[Session], settings: Settings) -> Cata
     return Catalogue(
         load,
         local_definitions,
-        max_age=settings.catalogue_refresh_seconds,
+        # CatalogueRefresher reloads every catalogue_refresh_seconds: a request reloads only
+        # if it stopped (a read on the event loop otherwise).
+        max_age=settings.catalogue_refresh_seconds * 3,
         unknown_retry=min(0.25, settings.catalogue_refresh_seconds),
     )
 

@@ -1,4 +1,5 @@
-"""/dashboard: stats, a filterable job list, job detail with attempts, retry and cancel."""
+"""/dashboard: stats, the task catalogue, a filterable job list, job detail with attempts,
+retry and cancel."""
 
 from __future__ import annotations
 
@@ -44,7 +45,10 @@ def overview(request: Request) -> HTMLResponse:
         failures=20,
         error_max_chars=state.runtime.settings.list_field_max_bytes,
     )
-    return _page(request, "overview.html", stats=stats, message=request.query_params.get("msg"))
+    views = _jobs(request).catalogue.views()
+    tasks = [views[name].public() for name in sorted(views)]
+    message = request.query_params.get("msg")
+    return _page(request, "overview.html", stats=stats, tasks=tasks, message=message)
 
 
 @router.get("/jobs", response_class=HTMLResponse)
