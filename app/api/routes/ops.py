@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from app.errors import NotFound
+from app.jobs.schemas import ErrorBody
 from app.observability import metrics
 from app.observability.stats import snapshot
 
@@ -33,7 +34,10 @@ def stats(request: Request, minutes: int = 15) -> dict[str, Any]:
     )
 
 
-@router.get("/tasks")
+_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (404, 503)}
+
+
+@router.get("/tasks", responses=_ERRORS)
 def tasks(request: Request) -> dict[str, Any]:
     """The task catalogue: every task workers published (or built in), its payload JSON
     Schema, defaults, whether a worker runs it now, and each live version (docs/api.md)."""
@@ -41,7 +45,7 @@ def tasks(request: Request) -> dict[str, Any]:
     return {"tasks": [views[name].public() for name in sorted(views)]}
 
 
-@router.get("/tasks/{name}")
+@router.get("/tasks/{name}", responses=_ERRORS)
 def one_task(request: Request, name: str) -> dict[str, Any]:
     """One task of the catalogue (404 if unknown)."""
     views = request.app.state.jobs.catalogue.views()
