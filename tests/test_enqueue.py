@@ -3,22 +3,32 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg2
 import pytest
+from pydantic import BaseModel
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session
 
 import jobq
+from app.catalogue import store
+from app.catalogue.wiring import definitions
 from app.config import Settings
 from app.db import normalize_url
 from app.outbox.dispatcher import build_dispatcher
 from app.runtime import build_runtime
+from app.tasks.registry import Registry
 from jobq import transaction
 from tests.helpers import job_statuses, wait_for
+
+
+class Order(BaseModel):
+    order_id: int
+
 
 ORDERS_DDL = "CREATE TABLE IF NOT EXISTS test_orders (id serial PRIMARY KEY, item text)"
 
@@ -174,3 +184,23 @@ def test_autocommit_connection_is_refused(settings: Settings, db: Any) -> None:
             jobq.enqueue(conn, "echo", {})
     finally:
         conn.close()
+
+
+def test_a_task_only_workers_know_is_validated_from_the_catalogue(
+    settings: Settings, engine: Engine
+) -> None:
+    # Published by some worker image; this process has no code for it.
+    name = f"remote_{uuid.uuid4().hex[:8]}"
+    registry = Registry()
+    registry.register(name, payload_model=Order, max_attempts=4)(lambda payload, ctx: None)
+    with Session(engine) as session, session.begin():
+        store.publish(session, definitions(registry, "orders 2.0"))
+    with engine.begin() as conn:
+        with pytest.raises(jobq.InvalidInput) as bad:
+            jobq.enqueue(conn, name, {"order_id": "seven"})
+        assert bad.value.field == "payload.order_id"
+        job = jobq.enqueue(conn, name, {"order_id": 7})
+        attempts = conn.execute(
+            text("SELECT max_attempts FROM jobs WHERE id = :id"), {"id": job.id}
+        ).scalar()
+    assert attempts == 4  # the task's default, from the catalogue
