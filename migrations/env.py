@@ -6,9 +6,9 @@ from alembic import context
 from sqlalchemy import create_engine, pool
 
 from app.auth import models as auth_models  # noqa: F401 - registers the tables on Base.metadata
+from app.catalogue import models as catalogue_models  # noqa: F401
 from app.config import get_settings
 from app.db import Base, normalize_url
-from app.catalogue import models as catalogue_models  # noqa: F401
 from app.jobs import models  # noqa: F401
 
 config = context.config

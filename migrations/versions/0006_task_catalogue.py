@@ -32,7 +32,9 @@ def upgrade() -> None:
         sa.Column("description", sa.Text(), server_default="", nullable=False),
         sa.Column("worker_version", sa.String(200), server_default="", nullable=False),
         sa.Column(
-            "first_seen_at", sa.DateTime(timezone=True), server_default=sa.func.now(),
+            "first_seen_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.func.now(),
             nullable=False,
         ),
         sa.Column(
