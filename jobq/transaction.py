@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from app.catalogue import store
 from app.catalogue.cache import Catalogue
 from app.catalogue.definitions import Definition
-from app.catalogue.wiring import local_definitions
+from app.catalogue.wiring import check_local, local_definitions
 from app.config import Settings, get_settings
 from app.errors import InvalidInput as _InvalidInput
 from app.jobs.rows import build_row
@@ -79,7 +79,10 @@ def _setup() -> tuple[Settings, Catalogue]:
     settings = _State.settings = _State.settings or get_settings()
     if _State.catalogue is None:
         _State.catalogue = Catalogue(
-            None, local_definitions, max_age=settings.catalogue_refresh_seconds
+            None,
+            local_definitions,
+            max_age=settings.catalogue_refresh_seconds,
+            local_check=check_local,
         )
     return settings, _State.catalogue
 

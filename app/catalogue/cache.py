@@ -102,9 +102,13 @@ class Catalogue:
         *,
         max_age: float = 10.0,
         unknown_retry: float = 1.0,
+        local_check: Callable[[str, Mapping[str, Any]], None] | None = None,
     ) -> None:
         self._load = load
         self._local = local
+        # Tasks whose code this process has (the built-ins) are also checked by their pydantic
+        # model: its custom validators are not in the JSON Schema.
+        self._local_check = local_check
         self._max_age = max_age
         self._unknown_retry = unknown_retry
         self._views: dict[str, TaskView] | None = None
@@ -165,6 +169,8 @@ class Catalogue:
             if error is not None:
                 path = _field_path(error)
                 raise InvalidInput(f"{path}: {error.message}", field=path)
+        if self._local_check is not None:
+            self._local_check(view.name, payload)
         return view
 
     def _validator(self, definition: Definition) -> Any:

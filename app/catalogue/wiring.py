@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+from collections.abc import Mapping
+from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -38,6 +40,12 @@ def local_definitions() -> list[Definition]:
     return definitions(REGISTRY)
 
 
+def check_local(name: str, payload: Mapping[str, Any]) -> None:
+    """Validate with the task's pydantic model if this process registered the task."""
+    if name in REGISTRY.names():
+        REGISTRY.validate_payload(name, dict(payload))
+
+
 def build_catalogue(sessions: sessionmaker[Session], settings: Settings) -> Catalogue:
     """The catalogue a submitting process (API, CLI) validates with."""
 
@@ -54,6 +62,7 @@ def build_catalogue(sessions: sessionmaker[Session], settings: Settings) -> Cata
         # if it stopped (a read on the event loop otherwise).
         max_age=settings.catalogue_refresh_seconds * 3,
         unknown_retry=min(0.25, settings.catalogue_refresh_seconds),
+        local_check=check_local,
     )
 
 
