@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from datetime import datetime
 from typing import Any
 
@@ -31,7 +32,7 @@ class Definition:
     seen_at: datetime | None = field(default=None, compare=False)
     live: bool = field(default=True, compare=False)
 
-    @property
+    @cached_property  # on the submit path: computed once per definition, not per request
     def digest(self) -> str:
         """sha256 of what the definition says (not of who said it or when)."""
         body = {
