@@ -58,7 +58,13 @@ class Settings(BaseSettings):
     max_traceback_bytes: int = Field(16 * 1024, ge=256)  # stored per failed attempt
     max_payload_bytes: int = Field(256 * 1024, ge=1024)
     max_payload_depth: int = Field(32, ge=1, le=1000)
-    task_modules: str = ""
+    task_modules: str = ""  # imported by workers only: the API reads the task catalogue
+    # Task catalogue: a definition counts as live (a worker runs it) this long after its worker
+    # last published it; workers re-publish every quarter of it. Submitting processes reload
+    # the catalogue this often.
+    catalogue_live_seconds: float = Field(120.0, ge=5)
+    catalogue_refresh_seconds: float = Field(5.0, gt=0)
+    worker_version: str = ""  # shown in GET /tasks (default: the installed jobq's version)
     task_timeout_seconds: float = Field(15 * 60, gt=0)
     idempotency_ttl: int = Field(24 * 3600, ge=60)  # seconds a key keeps answering
     retention_days: float = Field(14, gt=0)

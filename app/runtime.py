@@ -36,8 +36,13 @@ def build_runtime(
     pool_size: int = 10,
     sqs_client: Any = None,
     statement_timeout_ms: int = 0,
+    load_tasks: bool = True,
 ) -> Runtime:
-    """Connect-lazily versions of PostgreSQL and SQS, plus the loaded task registry."""
+    """Connect-lazily versions of PostgreSQL and SQS, plus the loaded task registry.
+
+    `load_tasks=False` (the API, the CLI): only the built-in tasks, never JOBQ_TASK_MODULES;
+    such a process validates submits against the task catalogue workers publish.
+    """
     if not settings.sqs_queue_url:
         raise JobqError("SQS_QUEUE_URL is not set", field="SQS_QUEUE_URL")
     engine = make_engine(
@@ -47,7 +52,7 @@ def build_runtime(
         statement_timeout_ms=statement_timeout_ms,
     )
     client = sqs_client or make_sqs_client(settings)
-    REGISTRY.load_modules(settings.task_module_list)
+    REGISTRY.load_modules(settings.task_module_list if load_tasks else [])
     return Runtime(
         settings=settings,
         engine=engine,

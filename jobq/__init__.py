@@ -2,11 +2,12 @@
 
     from jobq import task, JobContext, PermanentError, Retry, Snooze      # writing tasks
     from jobq import Client, AsyncClient, NotFound, WaitTimeout           # calling the API
+    from jobq import enqueue                                              # in your transaction
 
 `app/` and `worker/` are the service's machinery behind it; import only `jobq`.
-Transactional enqueue (`jobq.enqueue`, a job inserted in your own database transaction) is
-planned (issue 16, part 3) and will be exported here.
 """
+
+from typing import TYPE_CHECKING, Any
 
 from app.errors import JobqError, PermanentError, Retry, RetryableError, Snooze, TaskTimeout
 from app.jobs.callbacks import SIGNATURE_HEADER, verify_signature
@@ -42,6 +43,20 @@ from jobq.models import (
     Workflow,
     WorkflowEdge,
 )
+
+if TYPE_CHECKING:
+    from jobq.transaction import Enqueued, enqueue
+
+
+def __getattr__(name: str) -> Any:
+    """`enqueue` and `Enqueued` load on first use: they need SQLAlchemy and the service's
+    validation, which client-only code never imports."""
+    if name in {"enqueue", "Enqueued"}:
+        from jobq import transaction
+
+        return getattr(transaction, name)
+    raise AttributeError(f"module 'jobq' has no attribute {name!r}")
+
 
 __all__ = [
     # Writing tasks (run by the worker), and their retry schedules.
@@ -82,6 +97,9 @@ __all__ = [
     "chain",
     "group",
     "job",
+    # Enqueue inside your own database transaction (jobq.enqueue).
+    "Enqueued",
+    "enqueue",
     # The client's errors (jobq.errors), all ApiError.
     "ApiError",
     "Conflict",

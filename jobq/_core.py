@@ -282,6 +282,13 @@ def stats(config: Config) -> Op[dict[str, Any]]:
     return data
 
 
+def tasks(config: Config) -> Op[list[dict[str, Any]]]:
+    """GET /tasks."""
+    data = yield from request(config, Call("GET", "/tasks"))
+    found: list[dict[str, Any]] = data["tasks"]
+    return found
+
+
 def _query(filters: ListFilters, page_size: int) -> dict[str, str]:
     params = {"limit": str(page_size)}
     for name, value in filters.items():

@@ -149,6 +149,10 @@ class Client(_Surface):
         """The job once final (long polls, not a busy loop); WaitTimeout after `timeout` s."""
         return self._run(core.wait(self.config, job, timeout))
 
+    def tasks(self) -> list[dict[str, Any]]:
+        """GET /tasks: the task catalogue (name, payload_schema, live, defaults, versions)."""
+        return self._run(core.tasks(self.config))
+
     def list(self, *, page_size: int = 100, **filters: Unpack[ListFilters]) -> Iterator[Job]:
         """Jobs newest first, fetched `page_size` at a time as the iteration goes."""
         return self._drive(self._list(page_size, filters))
@@ -291,6 +295,10 @@ class AsyncClient(_Surface):
     async def wait(self, job: JobRef, timeout: float | None = None) -> Job:
         """The job once final (long polls, not a busy loop); WaitTimeout after `timeout` s."""
         return await self._run(core.wait(self.config, job, timeout))
+
+    async def tasks(self) -> list[dict[str, Any]]:
+        """GET /tasks: the task catalogue (name, payload_schema, live, defaults, versions)."""
+        return await self._run(core.tasks(self.config))
 
     def list(self, *, page_size: int = 100, **filters: Unpack[ListFilters]) -> AsyncIterator[Job]:
         """Jobs newest first, fetched `page_size` at a time as the iteration goes."""

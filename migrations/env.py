@@ -6,6 +6,7 @@ from alembic import context
 from sqlalchemy import create_engine, pool
 
 from app.auth import models as auth_models  # noqa: F401 - registers the tables on Base.metadata
+from app.catalogue import models as catalogue_models  # noqa: F401
 from app.config import get_settings
 from app.db import Base, normalize_url
 from app.jobs import models, workers  # noqa: F401

@@ -15,11 +15,15 @@ import psycopg2
 import pytest
 from sqlalchemy.engine import make_url
 
+from app.catalogue import store
+from app.catalogue.wiring import definitions
 from app.cli.dev import SqsServer, start_postgres
 from app.config import Settings
+from app.db import make_engine, make_session_factory
 from app.migrate import upgrade
 from app.runtime import Runtime, build_runtime
 from app.sqs.queue import ensure_queues, make_sqs_client
+from app.tasks.registry import REGISTRY
 from tests.tasks import EXECUTIONS_DDL
 from worker.runner import Worker
 
@@ -49,6 +53,18 @@ def server_url() -> Iterator[str]:
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
+def publish_test_catalogue(url: str) -> None:
+    """Publish the test tasks as a worker would: API processes (which never import task
+    modules) know them even in tests that start no worker."""
+    REGISTRY.load_modules([TEST_TASKS])
+    engine = make_engine(url, pool_size=1)
+    try:
+        with make_session_factory(engine).begin() as session:
+            store.publish(session, definitions(REGISTRY, "tests"))
+    finally:
+        engine.dispose()
+
+
 def create_database(server: str, prefix: str) -> str:
     """A new empty database on the server; returns its URL."""
     name = f"{prefix}_{uuid.uuid4().hex[:8]}"
@@ -76,6 +92,7 @@ def database_url(server_url: str) -> Iterator[str]:
     with conn.cursor() as cur:
         cur.execute(EXECUTIONS_DDL)
     conn.close()
+    publish_test_catalogue(url)
     os.environ["JOBQ_TEST_DATABASE_URL"] = url
     yield url
     drop_database(server_url, url)

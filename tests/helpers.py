@@ -68,14 +68,20 @@ def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
 
 
 def start_worker_process(
-    settings: Settings, log_path: Path, **extra: str
+    settings: Settings,
+    log_path: Path,
+    *,
+    python: str | Path = sys.executable,
+    cwd: Path = ROOT,
+    **extra: str,
 ) -> subprocess.Popen[bytes]:
-    """`jobq worker` in its own process, logging to `log_path`."""
+    """`jobq worker` in its own process (of `python`: another environment's), logging to
+    `log_path`."""
     log = open(log_path, "ab")  # noqa: SIM115 - closed when the process is reaped
     return subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "worker"],
+        [str(python), "-m", "app.cli", "worker"],
         env=settings_env(settings, **extra),
-        cwd=ROOT,
+        cwd=cwd,
         stdout=log,
         stderr=subprocess.STDOUT,
     )

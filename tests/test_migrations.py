@@ -8,6 +8,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
 from app.auth import models as auth_models  # noqa: F401 - registers tables
+from app.catalogue import models as catalogue_models  # noqa: F401
 from app.db import Base, normalize_url
 from app.jobs import models, workers  # noqa: F401
 from app.migrate import alembic_config, upgrade

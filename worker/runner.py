@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable
 from types import FrameType
 
+from app.catalogue.wiring import CataloguePublisher
 from app.config import Settings
 from app.db import HeldConnections, translate_db_errors
 from app.errors import InvalidInput, JobqError
@@ -147,6 +148,8 @@ class Worker:
         self.dlq: DeadLetterConsumer | None = None
         self.max_receive_count: int | None = None
         self._schedules_declared = False
+        # The API validates submits against what workers publish here (it has no task code).
+        self.catalogue = CataloguePublisher(runtime.sessions, runtime.registry, s)
 
     def _backoff_for(self, task: str) -> RetrySchedule:
         try:
@@ -161,6 +164,11 @@ class Worker:
         # Limits declared in code must be in PostgreSQL before this worker's first claim;
         # if it is down now, the set-up thread writes them once it answers.
         declared = self._try(self._declare_limits)
+        try:
+            # Before the first receive, so a job submitted right after start-up is accepted.
+            self.catalogue.publish()
+        except JobqError as exc:
+            log.warning("could not publish the task catalogue yet (retrying): %s", exc)
         for part in (
             self.pool,
             self.heartbeat,
@@ -171,6 +179,7 @@ class Worker:
         ):
             part.start()
         self.presence.start()
+        self.catalogue.start()
         self.completer.start()
         self.consumer.start()
         # SQS may be unreachable right now: that must not stop the worker from starting.
@@ -290,7 +299,14 @@ class Worker:
             self._interrupt_running(cooperative)
         self.consumer.join(max(0.0, deadline - time.monotonic()))
         self.completer.stop(max(1.0, deadline - time.monotonic()))
-        for part in (self.heartbeat, self.visibility, self.watchdog, self.gate, self.progress):
+        for part in (
+            self.heartbeat,
+            self.visibility,
+            self.watchdog,
+            self.gate,
+            self.progress,
+            self.catalogue,
+        ):
             part.signal_stop()
         # Marked stopped within what is left of the grace (a dead-looking row otherwise).
         self.presence.leave(max(0.0, min(1.0, deadline - time.monotonic())))

@@ -26,6 +26,7 @@ from app.api.routes import schedules as schedule_routes
 from app.api.routes import workflows as workflow_routes
 from app.api.routes.fast_submit import FastSubmit
 from app.auth.keys import KeySet, parse_env_keys
+from app.catalogue.wiring import CatalogueRefresher, build_catalogue
 from app.config import Settings, get_settings
 from app.errors import DatabaseUnavailable, JobqError
 from app.jobs.service import JobService
@@ -95,6 +96,7 @@ def create_app(settings: Settings | None = None, *, tune_gc: bool = False) -> Fa
             # The API's SQS calls (sends) never wait as long as a worker's long poll.
             sqs_client=make_sqs_client(settings, read_timeout=settings.sqs_read_timeout_seconds),
             statement_timeout_ms=settings.api_statement_timeout_ms,
+            load_tasks=False,  # the API never imports task code (the catalogue instead)
         )
         publisher = Publisher(
             runtime.sqs,
@@ -114,9 +116,11 @@ def create_app(settings: Settings | None = None, *, tune_gc: bool = False) -> Fa
         app.state.runtime = runtime
         app.state.publisher = publisher
         app.state.dispatcher = dispatcher
-        app.state.jobs = JobService(runtime.sessions, runtime.registry, publisher, settings)
+        catalogue = build_catalogue(runtime.sessions, settings)
+        refresher = CatalogueRefresher(catalogue, settings.catalogue_refresh_seconds)
+        app.state.jobs = JobService(runtime.sessions, catalogue, publisher, settings)
         app.state.schedules = ScheduleService(
-            runtime.sessions, runtime.registry, settings.max_payload_depth
+            runtime.sessions, catalogue, settings.max_payload_depth
         )
         sampler = build_sampler(settings, runtime.engine, runtime.sqs)
         app.state.sampler = sampler
@@ -128,6 +132,7 @@ def create_app(settings: Settings | None = None, *, tune_gc: bool = False) -> Fa
             require_some_key(app.state.keys, runtime)
         publisher.start()
         sampler.start()
+        refresher.start()
         # Readiness from the first probe rather than "not probed yet" (bounded: a hung SQS
         # costs one probe timeout of start-up, PostgreSQL its connect timeout).
         await anyio.to_thread.run_sync(
@@ -151,6 +156,7 @@ def create_app(settings: Settings | None = None, *, tune_gc: bool = False) -> Fa
             ticker.stop()
             if reconciler is not None:
                 reconciler.stop()
+            refresher.stop()
             sampler.stop()
             publisher.stop()
             runtime.close()

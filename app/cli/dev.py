@@ -143,6 +143,8 @@ def _prepare(
             SQS_DLQ_URL=dlq,
         )
     env.setdefault("JOBQ_LOG_FORMAT", "console")
+    # JOBQ_TASK_MODULES=mytasks jobq dev: modules in the directory it runs from just work.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (os.getcwd(), env.get("PYTHONPATH")) if p)
     # Local development: no API keys unless asked for (the banner says so).
     if not env.get("JOBQ_API_KEYS"):
         env.setdefault("JOBQ_AUTH", "disabled")

@@ -8,6 +8,7 @@ from datetime import datetime
 
 from pydantic import ValidationError
 
+from app.catalogue.wiring import build_catalogue
 from app.config import Settings
 from app.db import make_engine, make_session_factory, translate_db_errors
 from app.errors import InvalidInput
@@ -34,9 +35,11 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
     request = _request(args)
     if args.action == "list":
         return _list(settings, request, as_json=args.json)
-    runtime = build_runtime(settings, pool_size=2)
+    runtime = build_runtime(settings, pool_size=2, load_tasks=False)
     publisher = Publisher(runtime.sqs, runtime.sessions)
-    service = JobService(runtime.sessions, runtime.registry, publisher, settings)
+    service = JobService(
+        runtime.sessions, build_catalogue(runtime.sessions, settings), publisher, settings
+    )
     publisher.start()
     try:
         jobs = service.redrive(request)

@@ -30,10 +30,8 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
 
     from app.api.app import create_app
     from app.api.server import GuardedHttpToolsProtocol, raise_open_files_limit, uvicorn_options
-    from app.tasks.registry import REGISTRY
 
-    # A missing task module is one line here, not a traceback from inside uvicorn's start-up.
-    REGISTRY.load_modules(settings.task_module_list)
+    # No JOBQ_TASK_MODULES here: the API validates against the catalogue workers publish.
     workers = args.workers or settings.api_workers
     # Inherited by the worker processes uvicorn starts.
     open_files = raise_open_files_limit()
@@ -124,7 +122,7 @@ def cmd_dispatcher(settings: Settings, args: argparse.Namespace) -> int:
     from app.runtime import build_runtime
     from app.schedules.ticker import build_ticker
 
-    runtime = build_runtime(settings, pool_size=2)
+    runtime = build_runtime(settings, pool_size=2, load_tasks=False)
     loops: list[BackgroundLoop] = [
         build_dispatcher(runtime, settings),
         Retention(runtime.sessions, retention_days=settings.retention_days),

@@ -55,8 +55,11 @@ class FinalListener(BackgroundLoop):
         *,
         keepalive: float = 30.0,
         backoff: Callable[[], Backoff] = lambda: Backoff(initial=0.2, cap=5.0),
+        channel: str = CHANNEL,
+        name: str = "jobq-final-listener",
     ) -> None:
-        super().__init__("jobq-final-listener")
+        super().__init__(name)
+        self._channel = channel
         self._connect = connect
         self._keepalive = keepalive
         self._make_backoff = backoff
@@ -126,7 +129,7 @@ class FinalListener(BackgroundLoop):
             except Exception as exc:  # noqa: BLE001 - any failure: reconnect, never die
                 self.listening.clear()
                 delay = backoff.next()
-                log.warning("LISTEN %s lost; reconnecting in %.1f s: %s", CHANNEL, delay, exc)
+                log.warning("LISTEN %s lost; reconnecting in %.1f s: %s", self._channel, delay, exc)
                 self.stopping.wait(delay)
             finally:
                 self.listening.clear()
@@ -136,7 +139,7 @@ class FinalListener(BackgroundLoop):
 
     def _listen(self, conn: Any, backoff: Backoff) -> None:
         with conn.cursor() as cur:
-            cur.execute(f"LISTEN {CHANNEL}")
+            cur.execute(f"LISTEN {self._channel}")
         self.backend_pid = conn.get_backend_pid()
         backoff.reset()
         self._wake(None)

@@ -167,6 +167,22 @@ _DELAY_LEFT = text(
 )
 
 
+def claim_enqueued(session: Session, job_ids: Sequence[str]) -> list[Outgoing]:
+    """Lock these queued jobs if their message was not sent yet (SKIP LOCKED: a dispatcher
+    sending them right now keeps them)."""
+    stmt = (
+        select(Job.id, Job.trace_id, Job.priority, _DELAY_LEFT)
+        .where(
+            Job.id.in_([uuid.UUID(i) for i in job_ids]),
+            Job.status == JobStatus.QUEUED.value,
+            Job.published_at.is_(None),
+        )
+        .order_by(Job.id)
+        .with_for_update(skip_locked=True)
+    )
+    return [Outgoing(r[0], r[1], int(r[3] or 0), r[2]) for r in session.execute(stmt).all()]
+
+
 def claim_due_scheduled(session: Session, *, limit: int) -> list[Outgoing]:
     """Lock scheduled jobs due within SQS's delay window; they are sent with the delay left."""
     stmt = (

@@ -50,7 +50,8 @@ class JobCreate(BaseModel):
     idempotency_key: SafeStr | None = Field(None, min_length=1, max_length=255)
     delay_seconds: int | None = Field(None, ge=0, le=MAX_SUBMIT_DELAY_SECONDS)
     run_at: UtcDatetime | None = None
-    priority: Priority = "default"
+    # None: the task's priority (@task(priority=...)), else "default".
+    priority: Priority | None = None
     max_attempts: int | None = Field(None, ge=1, le=1000)
     timeout_seconds: float | None = Field(None, gt=0, le=12 * 3600)
     # Unique jobs: while a job holding this key is unfinished (or, with unique_for_seconds,

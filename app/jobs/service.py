@@ -4,48 +4,39 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import json
 import logging
 import uuid
 from collections import Counter
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio.to_thread
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.catalogue.cache import Catalogue
 from app.config import Settings
 from app.db import HeldConnections, translate_db_errors
 from app.errors import Conflict, InvalidInput, JobqError, NotFound
 from app.jobs import bulk, queries, transitions, views, workflows
-from app.jobs.callbacks import CALLBACK_TASK, check_callback_url
 from app.jobs.filters import JobFilter
 from app.jobs.models import Job
 from app.jobs.notify import FinalListener, listen_connection
+from app.jobs.rows import build_row
 from app.jobs.schemas import AttemptOut, JobCreate, JobOut, RedriveRequest
 from app.jobs.states import FINAL, JobStatus
-from app.jobs.validation import check_payload
 from app.observability import otel
 from app.observability.metrics import JOBS_CREATED
 from app.outbox.group_commit import GroupCommit, Row
 from app.outbox.publisher import Publisher
 from app.sqs.limits import MAX_DELAY_SECONDS
 from app.sqs.queue import Outgoing
-from app.tasks.registry import Registry, TaskSpec
 
 log = logging.getLogger("jobq.jobs")
 # The longest GET /jobs/{id}?wait=N may hold a request (seconds): short enough for proxies'
 # idle timeouts, long enough that a waiting client makes few requests.
 MAX_WAIT_SECONDS = 30.0
-
-
-def request_hash(req: JobCreate) -> str:
-    """A fingerprint of what was asked, to tell an idempotent replay from a conflicting reuse."""
-    canonical = req.model_dump(mode="json", exclude={"idempotency_key"})
-    return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
 
 
 def created_view(row: Row, created_at: datetime, updated_at: datetime) -> JobOut:
@@ -80,12 +71,12 @@ class JobService:
     def __init__(
         self,
         sessions: sessionmaker[Session],
-        registry: Registry,
+        catalogue: Catalogue,
         publisher: Publisher,
         settings: Settings,
     ) -> None:
         self._sessions = sessions
-        self._registry = registry
+        self.catalogue = catalogue
         self._publisher = publisher
         self._settings = settings
         self._list_caps = views.Caps.for_lists(settings)
@@ -112,88 +103,7 @@ class JobService:
 
     def row_for(self, req: JobCreate, *, trace_id: str | None, key: str | None) -> Row:
         """Validate one request and build its row (raises InvalidInput naming the field)."""
-        spec = self._registry.get(req.task)
-        if req.task == CALLBACK_TASK:
-            raise InvalidInput(
-                f"{CALLBACK_TASK} jobs are created by jobq for callback_url, not submitted",
-                field="task",
-            )
-        check_payload(req.payload, max_depth=self._settings.max_payload_depth)
-        self._registry.validate_payload(req.task, req.payload)
-        ceiling = self._settings.max_attempts_ceiling
-        if req.max_attempts is not None and req.max_attempts > ceiling:
-            raise InvalidInput(
-                f"max_attempts may not exceed {ceiling} (JOBQ_MAX_ATTEMPTS_CEILING)",
-                field="max_attempts",
-            )
-        if req.delay_seconds is not None and req.run_at is not None:
-            raise InvalidInput("give delay_seconds or run_at, not both", field="run_at")
-        if req.depends_on and (req.delay_seconds or req.run_at):
-            raise InvalidInput(
-                "depends_on cannot be combined with run_at or delay_seconds", field="depends_on"
-            )
-        if req.unique_for_seconds is not None and req.unique_key is None:
-            raise InvalidInput("unique_for_seconds needs a unique_key", field="unique_for_seconds")
-        now = datetime.now(UTC)
-        run_at = req.run_at
-        if req.delay_seconds:
-            run_at = now + timedelta(seconds=req.delay_seconds)
-        far = run_at is not None and (run_at - now).total_seconds() > MAX_DELAY_SECONDS
-        row: Row = {
-            "id": uuid.uuid4(),
-            "task": req.task,
-            # Beyond SQS's 15-minute delay the job waits in PostgreSQL until the dispatcher
-            # publishes it.
-            "status": (JobStatus.SCHEDULED if far else JobStatus.QUEUED).value,
-            "payload": req.payload,
-            "max_attempts": req.max_attempts or spec.max_attempts or self._settings.max_attempts,
-            "timeout_seconds": req.timeout_seconds or spec.timeout_seconds,
-            "trace_id": trace_id,
-            "priority": req.priority,
-            "queue": self._queue_for(req, spec),
-            "callback_url": self._callback_url(req),
-            "run_at": run_at if run_at is not None and run_at > now else None,
-        }
-        if req.unique_key is not None:
-            window = req.unique_for_seconds
-            row.update(
-                unique_key=req.unique_key,
-                unique_until=now + timedelta(seconds=window) if window else None,
-            )
-        if req.workflow_id is not None or req.depends_on:
-            row["workflow_id"] = req.workflow_id
-        if req.depends_on:
-            # Not a column: taken out before the insert (prepare_child locks them).
-            row["_parents"] = list(dict.fromkeys(req.depends_on))
-            row["on_parent_failure"] = req.on_parent_failure
-        if key is not None:
-            row.update(
-                idempotency_key=key,
-                request_hash=request_hash(req),
-                idempotency_expires_at=now + timedelta(seconds=self._settings.idempotency_ttl),
-            )
-        return row
-
-    def _queue_for(self, req: JobCreate, spec: TaskSpec) -> str:
-        """The named queue of a new job: asked for, else the task's, else "default"."""
-        queue = req.queue or spec.queue or "default"
-        if queue not in self._settings.queue_names:
-            known = ", ".join(self._settings.queue_names)
-            raise InvalidInput(
-                f"unknown queue {queue!r} (known: {known}; JOBQ_QUEUE_URLS names the others)",
-                field="queue",
-            )
-        return queue
-
-    def _callback_url(self, req: JobCreate) -> str | None:
-        """The checked callback_url; refused while callbacks could not be signed."""
-        url = check_callback_url(req.callback_url)
-        if url is not None and not self._settings.callback_secret:
-            raise InvalidInput(
-                "callback_url needs JOBQ_CALLBACK_SECRET set on the server (callbacks are signed)",
-                field="callback_url",
-            )
-        return url
+        return build_row(self.catalogue, self._settings, req, trace_id=trace_id, key=key)
 
     async def submit_async(
         self, req: JobCreate, *, trace_id: str | None = None, header_key: str | None = None

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.db import translate_db_errors
 from app.jobs import queries, transitions
+from app.jobs.notify import listen_connection
 from app.loops import PeriodicLoop
+from app.outbox.wakeup import OutboxWakeup
 from app.runtime import Runtime
 from app.sqs.queue import SqsQueue
 
@@ -33,8 +36,11 @@ class Dispatcher(PeriodicLoop):
         interval_seconds: float,
         batch_size: int = 100,
         defer: Callable[[], bool] | None = None,
+        listen: Callable[[], Any] | None = None,
     ) -> None:
         super().__init__("jobq-dispatcher", interval=interval_seconds, logger=log)
+        # jobq.enqueue's NOTIFY: publish its jobs at commit rather than at the next pass.
+        self.wakeup = OutboxWakeup(listen, self.publish_enqueued) if listen else None
         self._sqs = sqs
         # While this returns True, overdue rows are left alone (their ids are still queued in
         # this process's publisher: sending them here too would only double the work).
@@ -59,6 +65,28 @@ class Dispatcher(PeriodicLoop):
         if confirmed:
             log.info("dispatcher re-published %d job(s)", len(confirmed))
         return len(confirmed)
+
+    def publish_enqueued(self, job_ids: list[str]) -> int:
+        """Send these just-committed queued jobs unless another dispatcher already did."""
+        with translate_db_errors(), self._sessions.begin() as session:
+            rows = queries.claim_enqueued(session, job_ids)
+            if not rows:
+                return 0
+            confirmed = self._sqs.send_batch(rows)
+            queries.mark_published(session, confirmed)
+        return len(confirmed)
+
+    def start(self) -> None:
+        """Start the periodic passes and the enqueue listener."""
+        super().start()
+        if self.wakeup is not None:
+            self.wakeup.start()
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Stop both."""
+        if self.wakeup is not None:
+            self.wakeup.stop(timeout)
+        return super().stop(timeout)
 
     def promote_scheduled(self) -> int:
         """Send scheduled jobs due within SQS's delay window; they become queued."""
@@ -89,4 +117,5 @@ def build_dispatcher(
         after_seconds=settings.dispatch_after_seconds,
         interval_seconds=settings.dispatch_interval_seconds,
         defer=defer,
+        listen=lambda: listen_connection(runtime.engine),
     )

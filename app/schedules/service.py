@@ -11,6 +11,7 @@ from sqlalchemy import ColumnElement, case, delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.catalogue.cache import Catalogue
 from app.db import translate_db_errors
 from app.errors import Conflict, NotFound
 from app.jobs.validation import check_payload
@@ -35,15 +36,18 @@ def _by(ref: str) -> ColumnElement[bool]:
 class ScheduleService:
     """Create, list, read, change and delete schedules (the ticker fires them)."""
 
-    def __init__(self, sessions: sessionmaker[Session], registry: Registry, max_depth: int) -> None:
+    def __init__(
+        self, sessions: sessionmaker[Session], catalogue: Catalogue, max_depth: int
+    ) -> None:
         self._sessions = sessions
-        self._registry = registry
+        # The task catalogue, like submits: the API has none of the tasks' code.
+        self._catalogue = catalogue
         self._max_depth = max_depth
 
     def _check_job(self, task: str, payload: dict[str, Any]) -> None:
-        self._registry.get(task)
+        view = self._catalogue.get(task)
         check_payload(payload, max_depth=self._max_depth)
-        self._registry.validate_payload(task, payload)
+        self._catalogue.check(view, payload)
 
     def create(self, req: ScheduleCreate) -> ScheduleOut:
         """A new schedule; Conflict if the name is taken."""

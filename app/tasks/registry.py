@@ -21,6 +21,7 @@ Handler = Callable[[Any, "JobContext"], Any]
 MAX_PROGRESS_MESSAGE = 1000  # characters of a progress message that are kept
 # Modules of the tasks every process has, imported before JOBQ_TASK_MODULES.
 BUILTIN_MODULES = ("app.tasks.builtin", "app.tasks.http", "app.tasks.callback")
+PRIORITIES = ("high", "default", "low")
 
 
 class Cancellation(threading.Event):
@@ -171,6 +172,7 @@ class TaskSpec:
     queue: str | None = None
     rate_limit: Rate | None = None
     max_concurrency: int | None = None
+    priority: str | None = None  # the jobs' priority when a submit names none
 
     @property
     def is_async(self) -> bool:
@@ -206,6 +208,7 @@ class Registry:
         queue: str | None = None,
         rate_limit: str | None = None,
         max_concurrency: int | None = None,
+        priority: str | None = None,
     ) -> Callable[[Handler], Handler]:
         """Decorator: register `handler(payload, ctx)` (sync or `async def`) under `name`;
         `schedule` (cron, in time zone `tz`) also runs it with an empty payload per tick."""
@@ -222,6 +225,8 @@ class Registry:
                 check_queue_name(queue)
         except ValueError as exc:
             raise JobqError(f"task {name!r}: {exc}") from exc
+        if priority not in (None, *PRIORITIES):
+            raise JobqError(f"task {name!r}: priority must be one of {', '.join(PRIORITIES)}")
 
         def decorate(handler: Handler) -> Handler:
             doc = description if description is not None else (handler.__doc__ or "")
@@ -238,6 +243,7 @@ class Registry:
                 queue,
                 rate,
                 max_concurrency,
+                priority,
             )
             with self._lock:
                 existing = self._tasks.get(name)
@@ -258,7 +264,8 @@ class Registry:
 
     def specs(self) -> list[TaskSpec]:
         """Every registered task, by name."""
-        return [self._tasks[n] for n in sorted(self._tasks)]
+        with self._lock:
+            return [self._tasks[n] for n in sorted(self._tasks)]
 
     def names(self) -> list[str]:
         """Registered task names, sorted."""

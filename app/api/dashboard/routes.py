@@ -41,7 +41,9 @@ def overview(request: Request) -> HTMLResponse:
         error_max_chars=min(300, state.runtime.settings.list_field_max_bytes),
     )
     charts = ops.throughput_charts(request)
-    return page(request, "overview.html", stats=stats, charts=charts)
+    views = jobs(request).catalogue.views()
+    tasks = [views[name].public() for name in sorted(views)]
+    return page(request, "overview.html", stats=stats, charts=charts, tasks=tasks)
 
 
 @router.get("/jobs", response_class=HTMLResponse)
