@@ -101,7 +101,7 @@ def test_task_pause_and_limits_from_the_page(browser: Any, live_api: str, db: An
         "SELECT paused, max_concurrency, rate_count, rate_period FROM flow_controls "
         "WHERE scope = 'task' AND name = 'record'",
     ) == [(True, 2, 30, 60.0)]
-    assert "paused" in text_of(browser, row) and "30/minute" in text_of(browser, row)
+    assert "paused" in text_of(browser, row) and "30/60s" in text_of(browser, row)
     # Nonsense is refused with the field named, and nothing changes.
     row_input = browser.find_element("css selector", f"{row} input[name='rate_limit']")
     row_input.clear()

@@ -29,7 +29,15 @@ def local_time(value: datetime | None, zone: str) -> str:
         return ""
 
 
-templates.env.filters.update(local_time=local_time)
+def interval(seconds: int) -> str:
+    """An interval schedule's period in its largest whole units ("90 s", "10 min", "2 h")."""
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "min")):
+        if seconds % size == 0:
+            return f"{seconds // size} {unit}"
+    return f"{seconds} s"
+
+
+templates.env.filters.update(local_time=local_time, interval=interval)
 
 
 @router.get("/schedules", response_class=HTMLResponse)

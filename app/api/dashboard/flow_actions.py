@@ -112,7 +112,7 @@ async def schedule_action(schedule_id: uuid.UUID, op: str, request: Request) -> 
 
 
 @router.post("/workflows/{workflow_id}/cancel", dependencies=[Depends(csrf.check)])
-async def cancel_workflow(workflow_id: uuid.UUID, request: Request) -> Response:
+async def workflow_cancel(workflow_id: uuid.UUID, request: Request) -> Response:
     """Cancel every unfinished job of a workflow (running ones are asked to stop)."""
     fields = await csrf.form(request)
     fallback = str(request.url_for("workflow_detail", workflow_id=workflow_id))
