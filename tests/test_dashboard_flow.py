@@ -73,9 +73,10 @@ def test_pause_and_resume_a_queue_from_the_page(
     wait_for(lambda: _deferred("paused") >= before + 3, what="the worker to leave the jobs")
     assert set(job_statuses(db, held).values()) == {"queued"}
     assert _rows(db, "SELECT count(*) FROM job_attempts")[0][0] == 0
-    screenshot(browser, tmp_path, "dashboard-queues")
-
     browser.get(f"{live_api}/dashboard/queues")
+    assert "3" in text_of(browser, "#queues tr[data-queue='default'][data-priority='default']")
+    screenshot(browser, tmp_path, "dashboard-queues-paused")
+
     _click(browser, "button.resume[data-queue='default']")
     wait_for(lambda: "queue default resumed" in text_of(browser, "#message"), what="the resume")
     assert _rows(db, "SELECT paused FROM flow_controls WHERE scope = 'queue'") == [(False,)]
@@ -164,13 +165,18 @@ def test_schedules_page_shows_next_run_and_runs_now(
 
 
 def test_workflow_page_shows_the_chain_and_cancels_it(
-    browser: Any, live_api: str, db: Any, tmp_path: Path
+    browser: Any, live_api: str, worker_factory: Any, db: Any, tmp_path: Path
 ) -> None:
+    worker_factory(progress_interval_seconds=0.2)
     first = _submit(live_api, "echo", unique_key="nightly-import")
-    second = _submit(live_api, "echo", depends_on=[first])
+    second = _submit(live_api, "report_progress", payload={"hold": 60}, depends_on=[first])
     left = _submit(live_api, "echo", depends_on=[second])
     right = _submit(live_api, "record", depends_on=[second])
     last = _submit(live_api, "fan_in", depends_on=[left, right])
+    wait_for(
+        lambda: httpx.get(f"{live_api}/jobs/{second}").json()["progress"] == 0.5,
+        what="the second job to run and report",
+    )
 
     browser.get(f"{live_api}/dashboard/jobs/{last}")
     assert "waiting" in text_of(browser, "#status")
@@ -187,6 +193,8 @@ def test_workflow_page_shows_the_chain_and_cancels_it(
     ] == [last]
     browser.get(f"{live_api}/dashboard/jobs/{first}")
     assert "nightly-import" in text_of(browser, "#unique-key")
+    assert "succeeded" in text_of(browser, "#status")
+    assert "running" in text_of(browser, "#children")
     browser.find_element("css selector", "#workflow a").click()
     wait_for(lambda: "/dashboard/workflows/" in browser.current_url, what="the workflow page")
     assert browser.current_url.endswith(f"/dashboard/workflows/{first}")  # the root's id
@@ -198,6 +206,7 @@ def test_workflow_page_shows_the_chain_and_cancels_it(
     ]
     assert by_step == [[first], [second], [left, right], [last]]
     assert "running" in text_of(browser, "#workflow-status")
+    assert "50 %" in text_of(browser, f"#steps a[data-job='{second}']")
     deps = text_of(browser, f"#workflow-jobs tr[data-job='{last}'] td.deps")
     assert left[:8] in deps and right[:8] in deps
     screenshot(browser, tmp_path, "dashboard-workflow")
@@ -207,8 +216,11 @@ def test_workflow_page_shows_the_chain_and_cancels_it(
     browser.get(f"{live_api}/dashboard/workflows/{first}")
     _click(browser, "button.cancel-workflow")
     wait_for(lambda: "cancel requested" in text_of(browser, "#message"), what="the cancel")
-    ids = [first, second, left, right, last]
-    assert set(job_statuses(db, ids).values()) == {"cancelled"}
+    # Not started: cancelled at once; running: asked to stop, and it does.
+    assert set(job_statuses(db, [left, right, last]).values()) == {"cancelled"}
+    wait_for(lambda: job_statuses(db, [second])[second] == "cancelled", what="the running job")
+    assert job_statuses(db, [first])[first] == "succeeded"
+    browser.get(f"{live_api}/dashboard/workflows/{first}")
     assert "cancelled" in text_of(browser, "#workflow-status")
     assert not browser.find_elements("css selector", "button.cancel-workflow")
 
@@ -361,3 +373,19 @@ def test_read_only_browser_sees_the_pages_without_buttons(
         assert "paused" in text_of(browser, "#paused-default")
         assert not browser.find_elements("css selector", "main button")
         assert not browser.find_elements("css selector", "form.limits")
+
+
+def test_run_now_through_the_api_keeps_the_next_run(api: Any, db: Any) -> None:
+    made = _schedule(api, "weekly")
+    before = api.get("/schedules/weekly").json()
+    api.patch("/schedules/weekly", json={"enabled": False})  # a disabled schedule runs too
+    ran = api.post("/schedules/weekly/run")
+    assert ran.status_code == 200, ran.text
+    job = ran.json()["job_id"]
+    # Due at once: the dispatcher sends it (no worker here: it stays queued).
+    wait_for(lambda: job_statuses(db, [job])[job] == "queued", what="the dispatcher")
+    after = api.get(f"/schedules/{made}").json()
+    assert after["last_job_id"] == job and after["last_run_at"]
+    assert after["next_run_at"] == before["next_run_at"]
+    assert api.get(f"/jobs/{job}").json()["schedule_id"] == made
+    assert api.post("/schedules/nope/run").status_code == 404

@@ -65,7 +65,7 @@ def queues(request: Request) -> HTMLResponse:
     for it, and whether it is paused; per task: pause and limits (flow control)."""
     sqs = request.app.state.runtime.sqs
     depths = request.app.state.sampler.depths()
-    with translate_db_errors(), _sessions(request).begin() as session:
+    with translate_db_errors(), _sessions(request)() as session:
         held = unfinished_by_route(session)
         rows = controls.list_all(session)
     paused = {c.name for c in rows if c.scope == "queue" and c.paused}
