@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,9 +45,12 @@ class ScheduleService:
         catalogue: Catalogue,
         max_depth: int,
         max_attempts: int = 3,
+        queue_names: Sequence[str] = ("default",),
     ) -> None:
         self._sessions = sessions
+        # Defaults of the jobs run now submits (as the ticker's: job_row).
         self._max_attempts = max_attempts
+        self._queue_names = list(queue_names)
         # The task catalogue, like submits: the API has none of the tasks' code.
         self._catalogue = catalogue
         self._max_depth = max_depth
@@ -125,29 +129,15 @@ class ScheduleService:
         with translate_db_errors(), self._sessions.begin() as session:
             row = self._one(session, ref, lock=True)
             now: datetime = session.execute(select(func.now())).scalar_one()
-            defaults: dict[str, Any] = {}
-            try:
-                newest = self._catalogue.get(row.task).newest
-                defaults = {"timeout_seconds": newest.timeout_seconds, "queue": newest.queue}
-                defaults["max_attempts"] = newest.max_attempts
-            except JobqError:
-                pass  # not in the catalogue yet: the worker that has it runs it (or fails it)
-            inserted = queries.insert_tick(
-                session,
-                {
-                    "id": uuid.uuid4(),
-                    "task": row.task,
-                    "status": JobStatus.SCHEDULED.value,
-                    "payload": row.payload,
-                    "max_attempts": defaults.get("max_attempts") or self._max_attempts,
-                    "timeout_seconds": defaults.get("timeout_seconds"),
-                    "priority": row.priority,
-                    "queue": defaults.get("queue") or "default",
-                    "run_at": now,
-                    "schedule_id": row.id,
-                    "schedule_tick": now,
-                },
+            job = job_row(
+                self._catalogue,
+                row,
+                now,
+                max_attempts=self._max_attempts,
+                queue_names=self._queue_names,
             )
+            job.update(status=JobStatus.SCHEDULED.value, run_at=now)
+            inserted = queries.insert_tick(session, job)
             if inserted is None:  # a regular tick at this very instant: that is its job
                 raise Conflict("the schedule fired at this instant: try again", field="name")
             row.last_run_at, row.last_job_id, row.updated_at = now, inserted.id, now
@@ -161,6 +151,38 @@ class ScheduleService:
         if row is None:
             raise NotFound(f"schedule {ref!r} not found", field="name")
         return row
+
+
+def job_row(
+    catalogue: Catalogue,
+    schedule: Schedule,
+    tick: datetime,
+    *,
+    max_attempts: int,
+    queue_names: Sequence[str],
+) -> dict[str, Any]:
+    """The queued job a schedule submits for `tick`. Attempts, timeout and named queue come
+    from the task catalogue the workers publish: this process may have none of the task's
+    code."""
+    attempts, timeout, queue = None, None, None
+    try:
+        task = catalogue.get(schedule.task).newest
+        attempts, timeout, queue = task.max_attempts, task.timeout_seconds, task.queue
+    except JobqError:
+        # No worker published it (yet): the global defaults; a worker fails it if unknown.
+        pass
+    return {
+        "id": uuid.uuid4(),
+        "task": schedule.task,
+        "status": JobStatus.QUEUED.value,
+        "payload": schedule.payload,
+        "max_attempts": attempts or max_attempts,
+        "timeout_seconds": timeout,
+        "priority": schedule.priority,
+        "queue": queue if queue in queue_names else "default",
+        "schedule_id": schedule.id,
+        "schedule_tick": tick,
+    }
 
 
 def sync_code_schedules(sessions: sessionmaker[Session], registry: Registry) -> int:
