@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -389,3 +390,60 @@ def test_run_now_through_the_api_keeps_the_next_run(api: Any, db: Any) -> None:
     assert after["next_run_at"] == before["next_run_at"]
     assert api.get(f"/jobs/{job}").json()["schedule_id"] == made
     assert api.post("/schedules/nope/run").status_code == 404
+
+
+class _SendSpy:
+    """An SQS queue that records, at each send, the jobs' committed statuses (or fails)."""
+
+    def __init__(self, sqs: Any, db: Any, *, fail: bool = False) -> None:
+        self._sqs, self._db, self._fail = sqs, db, fail
+        self.seen: list[dict[str, str]] = []
+
+    def send_batch(self, rows: Any) -> Any:
+        from app.errors import DependencyUnavailable
+
+        self.seen.append(job_statuses(self._db, [str(r.job_id) for r in rows]))
+        if self._fail:
+            raise DependencyUnavailable("SQS is down (test)")
+        return self._sqs.send_batch(rows)
+
+
+def test_a_job_due_now_is_queued_before_its_message_is_sent(runtime: Any, db: Any) -> None:
+    """A message sent without a delay can be received at once: its job must already be
+    queued (committed), or the worker deletes it as a stale copy of a scheduled job."""
+    from app.errors import DependencyUnavailable
+    from app.outbox.dispatcher import Dispatcher
+
+    ids = [str(uuid.uuid4()) for _ in range(2)]
+    with db.cursor() as cur:
+        for i in ids:
+            cur.execute(
+                "INSERT INTO jobs (id, task, status, payload, max_attempts, run_at) "
+                "VALUES (%s, 'echo', 'scheduled', '{}', 3, now())",
+                (i,),
+            )
+    spy = _SendSpy(runtime.sqs, db)
+    dispatcher = Dispatcher(spy, runtime.sessions, after_seconds=0, interval_seconds=1)  # type: ignore[arg-type]
+    assert dispatcher.promote_scheduled() == 1 + 1
+    assert spy.seen == [dict.fromkeys(ids, "queued")]
+    published = _rows(db, "SELECT published_at IS NOT NULL FROM jobs WHERE status = 'queued'")
+    assert published == [(True,), (True,)]
+
+    # A send that fails leaves the jobs queued and unconfirmed; the re-publish pass sends them.
+    late = str(uuid.uuid4())
+    with db.cursor() as cur:
+        cur.execute(
+            "INSERT INTO jobs (id, task, status, payload, max_attempts, run_at) "
+            "VALUES (%s, 'echo', 'scheduled', '{}', 3, now())",
+            (late,),
+        )
+    down = Dispatcher(
+        _SendSpy(runtime.sqs, db, fail=True), runtime.sessions, after_seconds=0, interval_seconds=1
+    )  # type: ignore[arg-type]
+    with pytest.raises(DependencyUnavailable):
+        down.promote_scheduled()
+    assert _rows(db, "SELECT status, published_at FROM jobs WHERE id = %s", late) == [
+        ("queued", None)
+    ]
+    assert dispatcher.run_once() == 1
+    assert _rows(db, "SELECT published_at IS NOT NULL FROM jobs WHERE id = %s", late) == [(True,)]
