@@ -75,7 +75,10 @@ def test_pause_and_resume_a_queue_from_the_page(
     assert set(job_statuses(db, held).values()) == {"queued"}
     assert _rows(db, "SELECT count(*) FROM job_attempts")[0][0] == 0
     browser.get(f"{live_api}/dashboard/queues")
-    assert "3" in text_of(browser, "#queues tr[data-queue='default'][data-priority='default']")
+    assert (
+        text_of(browser, "#queues tr[data-queue='default'][data-priority='default'] td.queued")
+        == "3"
+    )
     screenshot(browser, tmp_path, "dashboard-queues-paused")
 
     _click(browser, "button.resume[data-queue='default']")
@@ -95,6 +98,16 @@ def test_task_pause_and_limits_from_the_page(browser: Any, live_api: str, db: An
     row = "#task-controls tr[data-task='record']"
     conc = browser.find_element("css selector", f"{row} input[name='max_concurrency']")
     conc.send_keys("2")
+    # A live refresh (it brings in a new job's count) keeps what is typed in the form.
+    _submit(live_api, "echo")
+    queued = "#queues tr[data-queue='default'][data-priority='default'] td.queued"
+    wait_for(
+        lambda: text_of(browser, queued) == "1",
+        what="a live refresh",
+        timeout=20,
+    )
+    conc = browser.find_element("css selector", f"{row} input[name='max_concurrency']")
+    assert conc.get_attribute("value") == "2"
     browser.find_element("css selector", f"{row} input[name='rate_limit']").send_keys("30/minute")
     _click(browser, f"{row} button.set-limits")
     wait_for(lambda: "max concurrency 2" in text_of(browser, "#message"), what="the limits")
