@@ -381,6 +381,14 @@ def schedules(config: Config) -> Op[list[CronSchedule]]:
     return [CronSchedule.model_validate(s) for s in data["items"]]
 
 
+def run_schedule(config: Config, name: str) -> Op[uuid.UUID]:
+    """POST /schedules/{name}/run: the id of the job submitted now (not re-sent: a lost
+    response would otherwise submit a second run)."""
+    call = Call("POST", f"/schedules/{_ident(name)}/run", idempotent=False)
+    data = yield from request(config, call)
+    return uuid.UUID(data["job_id"])
+
+
 def delete_schedule(config: Config, name: str) -> Op[None]:
     """DELETE /schedules/{name}."""
     yield from request(config, schedule_call("DELETE", name))

@@ -191,6 +191,10 @@ class Client(_Surface):
         """Change a schedule (e.g. enabled=False pauses it)."""
         return self._run(self._update_schedule(name, changes))
 
+    def run_schedule(self, name: str) -> uuid.UUID:
+        """Submit the schedule's job now, outside its rule (its next run does not move)."""
+        return self._run(core.run_schedule(self.config, name))
+
     def delete_schedule(self, name: str) -> None:
         """Delete a schedule (its jobs stay)."""
         self._run(core.delete_schedule(self.config, name))
@@ -333,6 +337,10 @@ class AsyncClient(_Surface):
     async def update_schedule(self, name: str, **changes: Unpack[ScheduleChanges]) -> CronSchedule:
         """Change a schedule (e.g. enabled=False pauses it)."""
         return await self._run(self._update_schedule(name, changes))
+
+    async def run_schedule(self, name: str) -> uuid.UUID:
+        """Submit the schedule's job now, outside its rule (its next run does not move)."""
+        return await self._run(core.run_schedule(self.config, name))
 
     async def delete_schedule(self, name: str) -> None:
         """Delete a schedule (its jobs stay)."""

@@ -7,7 +7,9 @@ import subprocess
 import sys
 from typing import Any
 
-from tests.helpers import ROOT, settings_env
+import httpx
+
+from tests.helpers import ROOT, settings_env, wait_for
 
 
 def _jobq(settings: Any, api_url: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -91,11 +93,20 @@ def test_schedules_and_workflows_from_the_shell(
     assert json.loads(created.stdout)["timezone"] == "Europe/Berlin"
     disabled = _jobq(settings, live_api, "schedules", "disable", "tidy")
     assert disabled.returncode == 0 and "disabled" in disabled.stdout
+    # Run now works on a disabled schedule too, and its job runs.
+    ran = _jobq(settings, live_api, "schedules", "run", "tidy", "--json")
+    assert ran.returncode == 0, ran.stderr
+    run_id = json.loads(ran.stdout)["job_id"]
+    worker_factory()
+
+    def run_finished() -> bool:
+        return httpx.get(f"{live_api}/jobs/{run_id}").json()["status"] == "succeeded"
+
+    wait_for(run_finished, what="the schedule's run-now job")
     listed = _jobq(settings, live_api, "schedules", "list")
     assert "tidy" in listed.stdout and "0 4 * * *" in listed.stdout
     assert _jobq(settings, live_api, "schedules", "delete", "tidy").returncode == 0
 
-    worker_factory()
     parent = json.loads(_jobq(settings, live_api, "submit", "echo", "--json").stdout)
     child = _jobq(
         settings,

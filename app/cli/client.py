@@ -44,7 +44,7 @@ def add_arguments(name: str, parser: argparse.ArgumentParser) -> None:
         parser.add_argument("id")
     elif name == "schedules":
         parser.add_argument(
-            "action", choices=["list", "show", "create", "enable", "disable", "delete"]
+            "action", choices=["list", "show", "create", "enable", "disable", "run", "delete"]
         )
         parser.add_argument("name", nargs="?")
         parser.add_argument("task", nargs="?")
@@ -184,6 +184,10 @@ def _schedules(client: jobq.Client, args: argparse.Namespace) -> int:
         return 0
     if not args.name:
         raise JobqError(f"schedules {args.action} needs a NAME")
+    if args.action == "run":
+        job_id = client.run_schedule(args.name)
+        _emit(args, {"job_id": str(job_id)}, str(job_id))
+        return 0
     if args.action == "delete":
         client.delete_schedule(args.name)
         _emit(args, {"deleted": args.name}, f"deleted {args.name}")

@@ -197,7 +197,7 @@ COMMANDS: dict[str, tuple[Callable[[Settings, argparse.Namespace], int], str]] =
     "schedules": (
         cmd_client,
         "cron schedules: schedules list | show NAME | create NAME TASK --cron EXPR "
-        "| enable NAME | disable NAME | delete NAME",
+        "| enable NAME | disable NAME | run NAME | delete NAME",
     ),
     "workflow": (cmd_client, "show a workflow's jobs and status: workflow ID [--cancel]"),
     "pause": (cmd_client, "pause a task or queue: pause task|queue NAME"),
