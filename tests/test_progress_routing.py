@@ -81,6 +81,13 @@ def test_named_queue_jobs_run_only_on_workers_serving_it(
             timeout=30,
             what="all three jobs to succeed",
         )
+        # /stats (and the dashboard's queues page) sample the named queue's SQS queue too.
+        media_queue = routed.named_queue_urls["media"].rsplit("/", 1)[1]
+
+        def media_sampled() -> bool:
+            return api.get("/stats").json()["queues"].get(media_queue) is not None
+
+        wait_for(media_sampled, timeout=30, what="the media queue's depth in /stats")
     with db.cursor() as cur:
         cur.execute("SELECT id::text, worker_id FROM jobs")
         by = dict(cur.fetchall())

@@ -113,7 +113,9 @@ class DependencySampler(PeriodicLoop):
         sample = self._latest
         if sample is None:
             return {
-                "queues": {queue_name(u): None for u in self._sqs.distinct_urls()},
+                "queues": {
+                    queue_name(u): None for u in self._sqs.distinct_urls(self._sqs.queue_names())
+                },
                 "dlq": None,
                 "queues_sampled_age_seconds": None,
             }

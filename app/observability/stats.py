@@ -31,9 +31,10 @@ def probe_queues(sqs: SqsQueue) -> tuple[dict[str, Any], str]:
     After the first failure the other queues are not asked: an SQS that hangs would make each
     of them wait for the client's timeout too.
     """
-    queues: dict[str, Any] = {queue_name(url): None for url in sqs.distinct_urls()}
+    every = sqs.distinct_urls(sqs.queue_names())  # named queues' SQS queues too
+    queues: dict[str, Any] = {queue_name(url): None for url in every}
     depths: dict[str, Any] = {"queues": queues, "dlq": None}
-    urls = [sqs.url] + [u for u in sqs.distinct_urls() if u != sqs.url]
+    urls = [sqs.url] + [u for u in every if u != sqs.url]
     for url in urls + ([sqs.dlq_url] if sqs.dlq_url else []):
         try:
             attrs = sqs.attributes(url)
