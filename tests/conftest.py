@@ -27,6 +27,9 @@ from app.tasks.registry import REGISTRY
 from tests.tasks import EXECUTIONS_DDL
 from worker.runner import Worker
 
+# Lane markers (postgres, sqs, browser, processes, unit) from what each test needs.
+pytest_plugins = ["tests.lanes"]
+
 TEST_TASKS = "tests.tasks"
 # The queues' crash guard (SQS moves a message to the DLQ after this many receives).
 TEST_MAX_RECEIVE_COUNT = 4

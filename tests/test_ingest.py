@@ -290,11 +290,11 @@ class FakeSqs:
         self.concurrent = 0
         self.max_concurrent = 0
 
-    def url_for(self, priority: str) -> str:
-        return f"queue-{priority}"
+    def url_for(self, priority: str, queue: str = "default") -> str:
+        return f"{queue}-{priority}"
 
     def send_call(self, url: str, items: list[Outgoing]) -> list[uuid.UUID]:
-        assert len(items) <= 10 and {self.url_for(i.priority) for i in items} == {url}
+        assert len(items) <= 10 and {self.url_for(i.priority, i.queue) for i in items} == {url}
         with self.lock:
             self.concurrent += 1
             self.max_concurrent = max(self.max_concurrent, self.concurrent)
