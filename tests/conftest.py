@@ -24,6 +24,7 @@ from app.migrate import upgrade
 from app.runtime import Runtime, build_runtime
 from app.sqs.queue import ensure_queues, make_sqs_client
 from app.tasks.registry import REGISTRY
+from tests.helpers import stop_process
 from tests.tasks import EXECUTIONS_DDL
 from worker.runner import Worker
 
@@ -210,9 +211,7 @@ def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
     started: list[subprocess.Popen[bytes]] = []
     yield started
     for p in started:
-        if p.poll() is None:
-            p.kill()
-        p.wait(10)
+        stop_process(p, grace=0)
 
 
 @pytest.fixture

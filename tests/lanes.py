@@ -78,7 +78,7 @@ def lanes_of(item: pytest.Item) -> set[str]:
     for name in getattr(item, "fixturenames", ()):
         if name in SERVER_FIXTURES:
             needs.add(SERVER_FIXTURES[name])
-        for fixturedef in (info.name2fixturedefs.get(name, ()) if info else ()):
+        for fixturedef in info.name2fixturedefs.get(name, ()) if info else ():
             needs |= _needs_of(fixturedef.func)
     if isinstance(item, pytest.Function):
         needs |= _needs_of(item.obj)
