@@ -404,6 +404,8 @@ def test_compose_worker_is_scalable_and_drains(compose: dict[str, Any]) -> None:
     assert grace < _seconds(worker["stop_grace_period"]), (
         "SIGKILL would cut the worker's drain short"
     )
+    # A team's own tasks reach the workers from the caller's environment.
+    assert worker["environment"]["JOBQ_TASK_MODULES"] == "${JOBQ_TASK_MODULES:-}"
 
 
 def test_compose_queues_exist_in_elasticmq_with_redrive(compose: dict[str, Any]) -> None:
