@@ -18,12 +18,18 @@ if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "make test: installing ${missing[*]} (apt-get)"
     apt-get update -qq
-    # --no-install-recommends: prometheus recommends a node exporter and a web UI we never run.
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-      "${missing[@]}" >/dev/null
-    # The package starts a Prometheus server on :9090 where an init system runs; tests need
-    # only promtool, so stop it (quietly: containers have no init system to ask).
-    if [[ " ${missing[*]} " == *" prometheus "* ]]; then
+    browser=() promtool=()
+    for pkg in "${missing[@]}"; do
+      if [ "$pkg" = prometheus ]; then promtool=(prometheus); else browser+=("$pkg"); fi
+    done
+    if [ ${#browser[@]} -gt 0 ]; then
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${browser[@]}" >/dev/null
+    fi
+    if [ ${#promtool[@]} -gt 0 ]; then
+      # Only promtool is used: without the recommended exporters and web UI. The package
+      # starts a Prometheus server where an init system runs; stop it (containers have none).
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus \
+        >/dev/null
       (systemctl disable --now prometheus || service prometheus stop) >/dev/null 2>&1 || true
     fi
   else
