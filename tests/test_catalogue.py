@@ -166,7 +166,9 @@ def test_batch_items_name_the_payload_field(fast_api: TestClient, runtime: Runti
     wait_for(lambda: fast_api.get(f"/tasks/{name}").status_code == 200)
     jobs = [{"task": name, "payload": {"n": 1}}, {"task": name, "payload": {}}]
     resp = fast_api.post("/jobs/batch", json={"jobs": jobs, "atomic": True})
-    assert resp.status_code == 422 and resp.json()["error"]["field"] == "jobs.1.payload.n", resp.text
+    assert resp.status_code == 422 and resp.json()["error"]["field"] == "jobs.1.payload.n", (
+        resp.text
+    )
 
 
 def test_dashboard_lists_the_catalogue(fast_api: TestClient, runtime: Runtime, db: Any) -> None:

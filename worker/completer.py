@@ -278,7 +278,8 @@ class Completer(BackgroundLoop):
         if not ready:
             return
         try:
-            sent = self._sqs.send_batch([Outgoing(r.id, r.trace_id, 0, r.priority) for r in ready])
+            out = [Outgoing(r.id, r.trace_id, 0, r.priority, r.queue) for r in ready]
+            sent = self._sqs.send_batch(out)
             self._db.run(lambda conn: queries.mark_published(conn, sent))
         except JobqError as exc:
             log.warning("sending %d released workflow job(s) failed: %s", len(ready), exc)
