@@ -6,21 +6,20 @@ import uuid
 from typing import Any
 
 from app.sqs.queue import Outgoing
-from tests.helpers import queue_is_empty, wait_for, wait_for_status
+from tests.helpers import queue_is_empty, rows, wait_for, wait_for_status
 
 
 def _job(api: Any, job_id: str) -> dict[str, Any]:
     return api.get(f"/jobs/{job_id}").json()
 
 
-def _executions(db: Any, job_id: str) -> list[tuple[int, Any, Any]]:
-    with db.cursor() as cur:
-        cur.execute(
-            "SELECT attempt, started_at, finished_at FROM test_executions WHERE job_id = %s"
-            " ORDER BY id",
-            (job_id,),
-        )
-        return list(cur.fetchall())
+def _executions(db: Any, job_id: str) -> list[tuple[Any, ...]]:
+    return rows(
+        db,
+        "SELECT attempt, started_at, finished_at FROM test_executions WHERE job_id = %s"
+        " ORDER BY id",
+        job_id,
+    )
 
 
 def test_echo_succeeds_and_message_is_deleted(api: Any, worker_factory: Any, runtime: Any) -> None:

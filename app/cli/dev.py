@@ -105,8 +105,8 @@ def http_url(host: str, port: int) -> str:
 def cli_exports(env: dict[str, str], settings: Settings) -> list[str]:
     """Shell lines that point `jobq dlq|keys|submit|...` in another terminal at this stack."""
     lines = []
-    url = pasteable_url(env["DATABASE_URL"])
-    if "***" not in url:  # a masked password: the user's own DATABASE_URL has the real one
+    url = env["DATABASE_URL"]
+    if pasteable_url(url) == url:  # else its password is hidden: the user's own URL has it
         lines.append(f"export DATABASE_URL={shlex.quote(url)}")
     api = http_url(settings.host, settings.port)
     if api != DEFAULT_API_URL:  # the CLI and jobq.Client default to it
