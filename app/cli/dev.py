@@ -115,7 +115,7 @@ def cli_exports(env: dict[str, str], settings: Settings) -> list[str]:
 
 
 def banner(env: dict[str, str], settings: Settings, embedded: list[str]) -> str:
-    """What `jobq dev` prints once everything answers."""
+    """What `jobq dev` prints once the API answers."""
     api = http_url(settings.host, settings.port)
     metrics = (
         http_url(settings.host, settings.metrics_port) + "/metrics"
@@ -252,6 +252,29 @@ def reap(
             child.wait()
 
 
+def _api_answers(
+    api: str, children: list[subprocess.Popen[bytes]], stop: threading.Event, timeout: float = 120
+) -> bool:
+    """Wait until the API answers /healthz, so the banner's addresses work when it shows; False
+    if a child died, a stop was asked for or the API never came up."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while not stop.wait(0.2):
+        if any(c.poll() is not None for c in children):
+            print("jobq dev: a child exited while starting; stopping", file=sys.stderr)
+            return False
+        try:
+            if httpx.get(f"{api}/healthz", timeout=2, trust_env=False).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass  # not listening yet
+        if time.monotonic() > deadline:
+            print(f"jobq dev: the API did not answer on {api} in {timeout:g} s", file=sys.stderr)
+            return False
+    return False
+
+
 def run_dev(settings: Settings) -> int:
     """Run until Ctrl-C; return non-zero if a child process died on its own."""
     data_dir = Path(os.environ.get("JOBQ_DEV_DIR", ".jobq")).resolve()
@@ -265,6 +288,8 @@ def run_dev(settings: Settings) -> int:
         upgrade(env["DATABASE_URL"])
         for command in ("api", "worker"):
             children.append(subprocess.Popen([sys.executable, "-m", "app.cli", command], env=env))
+        if not _api_answers(http_url(settings.host, settings.port), children, requests.stop):
+            return 0 if requests.stop.is_set() else 1
         print(banner(env, settings, embedded), flush=True)
         while not requests.stop.wait(0.5):
             dead = [c for c in children if c.poll() is not None]
