@@ -51,24 +51,30 @@ def test_http_url_names_an_address_a_client_can_reach() -> None:
     assert http_url("::1", 9100) == "http://[::1]:9100"
 
 
-def test_exports_paste_into_a_shell() -> None:
-    lines = cli_exports(_env(), _settings(port=18100))
+def test_exports_are_what_jobq_dev_set_and_paste_into_a_shell() -> None:
+    env = {**_env(), "AWS_ACCESS_KEY_ID": "test", "HOME": "/home/me"}
+    lines = cli_exports(env, _settings(port=18100), inherited={"HOME": "/home/me"})
     assert lines == [
-        f"export DATABASE_URL={shlex.quote(pasteable_url(PGSERVER_URL))}",
+        f"export DATABASE_URL={shlex.quote(PGSERVER_URL)}",
+        "export SQS_ENDPOINT_URL=http://127.0.0.1:9324",
+        "export SQS_QUEUE_URL=http://127.0.0.1:9324/000000000000/jobq-default",
+        "export AWS_ACCESS_KEY_ID=test",
         "export JOBQ_API_URL=http://127.0.0.1:18100",
     ]
-    # What the shell would set from each line is the URL itself.
-    assert shlex.split(lines[0])[1] == "DATABASE_URL=" + pasteable_url(PGSERVER_URL)
+    # What the shell would set from each line is the value itself.
+    assert shlex.split(lines[0])[1] == "DATABASE_URL=" + PGSERVER_URL
 
 
-def test_default_port_needs_no_api_url_and_a_masked_url_is_not_exported() -> None:
+def test_nothing_the_user_set_or_a_password_is_exported() -> None:
     env = _env("postgresql://jobq:s3cret@db/jobq")
-    assert cli_exports(env, _settings()) == []
+    assert cli_exports(env, _settings(), inherited=_env()) == []  # all inherited, port 8000
+    own_sqs = {k: v for k, v in _env().items() if k != "DATABASE_URL"}
+    assert cli_exports(env, _settings(), inherited=own_sqs) == []  # the password stays unprinted
 
 
 def test_banner_shows_data_dir_dashboard_metrics_and_exports() -> None:
     embedded = ["PostgreSQL (pgserver, data in /srv/dev/pg)", "SQS (moto server on 127.0.0.1:9324)"]
-    text = banner(_env(), _settings(port=18100, metrics_port=18102), embedded)
+    text = banner(_env(), _settings(port=18100, metrics_port=18102), embedded, inherited={})
     assert "data in /srv/dev/pg" in text
     assert "  dashboard  http://127.0.0.1:18100/dashboard" in text
     assert "http://127.0.0.1:18102/metrics (worker)" in text
@@ -78,9 +84,9 @@ def test_banner_shows_data_dir_dashboard_metrics_and_exports() -> None:
 
 
 def test_banner_says_when_the_worker_metrics_are_off() -> None:
-    text = banner(_env(), _settings(metrics_port=0), [])
+    text = banner(_env(), _settings(metrics_port=0), [], inherited=_env())
     assert "off (JOBQ_METRICS_PORT=0)" in text
-    assert "JOBQ_API_URL" not in text  # port 8000: the CLI's default
+    assert "export" not in text  # port 8000 is the CLI's default; the rest was inherited
 
 
 def test_first_signal_stops_gracefully_and_the_second_forces() -> None:

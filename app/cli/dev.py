@@ -102,20 +102,41 @@ def http_url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def cli_exports(env: dict[str, str], settings: Settings) -> list[str]:
-    """Shell lines that point `jobq dlq|keys|submit|...` in another terminal at this stack."""
+# What `jobq dev` may set for its children that the CLI in another shell needs as well: the
+# database (`jobq keys`, `jobq dlq`), the queues and their credentials (`jobq dlq redrive`).
+CLI_VARIABLES = (
+    "DATABASE_URL",
+    "SQS_ENDPOINT_URL",
+    "SQS_QUEUE_URL",
+    "SQS_HIGH_QUEUE_URL",
+    "SQS_LOW_QUEUE_URL",
+    "SQS_DLQ_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+)
+
+
+def cli_exports(env: dict[str, str], settings: Settings, inherited: dict[str, str]) -> list[str]:
+    """Shell lines that point `jobq dlq|keys|submit|...` in another terminal at this stack:
+    what `jobq dev` set itself (not what it `inherited` from the user's environment)."""
     lines = []
-    url = env["DATABASE_URL"]
-    if pasteable_url(url) == url:  # else its password is hidden: the user's own URL has it
-        lines.append(f"export DATABASE_URL={shlex.quote(url)}")
+    for name in CLI_VARIABLES:
+        value = env.get(name)
+        if not value or inherited.get(name) == value:
+            continue
+        if name == "DATABASE_URL" and pasteable_url(value) != value:
+            continue  # never print a password
+        lines.append(f"export {name}={shlex.quote(value)}")
     api = http_url(settings.host, settings.port)
     if api != DEFAULT_API_URL:  # the CLI and jobq.Client default to it
         lines.append(f"export JOBQ_API_URL={shlex.quote(api)}")
     return lines
 
 
-def banner(env: dict[str, str], settings: Settings, embedded: list[str]) -> str:
-    """What `jobq dev` prints once the API answers."""
+def banner(
+    env: dict[str, str], settings: Settings, embedded: list[str], inherited: dict[str, str]
+) -> str:
+    """What `jobq dev` prints once the API answers (`inherited`: the user's environment)."""
     api = http_url(settings.host, settings.port)
     metrics = (
         http_url(settings.host, settings.metrics_port) + "/metrics"
@@ -140,7 +161,7 @@ def banner(env: dict[str, str], settings: Settings, embedded: list[str]) -> str:
             else "API keys required (JOBQ_API_KEYS / jobq keys)"
         ),
     ]
-    exports = cli_exports(env, settings)
+    exports = cli_exports(env, settings, inherited)
     if exports:
         lines.append("  CLI        in another shell, for jobq dlq, jobq keys, jobq submit, ...:")
         lines.extend(f"               {line}" for line in exports)
@@ -278,6 +299,7 @@ def _api_answers(
 def run_dev(settings: Settings) -> int:
     """Run until Ctrl-C; return non-zero if a child process died on its own."""
     data_dir = Path(os.environ.get("JOBQ_DEV_DIR", ".jobq")).resolve()
+    inherited = dict(os.environ)  # before the SQS server sets its stand-in credentials
     requests = StopRequests(settings.shutdown_grace_seconds)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, requests)
@@ -290,7 +312,7 @@ def run_dev(settings: Settings) -> int:
             children.append(subprocess.Popen([sys.executable, "-m", "app.cli", command], env=env))
         if not _api_answers(http_url(settings.host, settings.port), children, requests.stop):
             return 0 if requests.stop.is_set() else 1
-        print(banner(env, settings, embedded), flush=True)
+        print(banner(env, settings, embedded, inherited), flush=True)
         while not requests.stop.wait(0.5):
             dead = [c for c in children if c.poll() is not None]
             if dead:
