@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -10,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.helpers import ROOT
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -47,3 +51,27 @@ def chromium(extra_flags: Sequence[str] = ()) -> Iterator[Any]:
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)
+
+
+def text_of(driver: Any, css: str = "body") -> str:
+    """An element's text; "" while the page or a live region is being replaced (the old node
+    is stale, or the new one not there yet), so callers polling with wait_for look again."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+
+    try:
+        return str(driver.find_element("css selector", css).text)
+    except (StaleElementReferenceException, NoSuchElementException):
+        return ""
+
+
+def screenshot(driver: Any, tmp_path: Path, name: str) -> None:
+    """A full-page screenshot: into docs/ when JOBQ_DOCS_SCREENSHOTS=1, else a temporary file."""
+    folder = ROOT / "docs" if os.environ.get("JOBQ_DOCS_SCREENSHOTS") == "1" else tmp_path
+    height = min(2400, int(driver.execute_script("return document.body.scrollHeight")))
+    clip = {"x": 0, "y": 0, "width": 1280, "height": height, "scale": 1}
+    shot = driver.execute_cdp_cmd(
+        "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": clip}
+    )
+    path = folder / f"{name}.png"
+    path.write_bytes(base64.b64decode(shot["data"]))
+    assert path.stat().st_size > 10_000

@@ -8,7 +8,6 @@ With JOBQ_DOCS_SCREENSHOTS=1 the tests also write docs/dashboard*.png.
 from __future__ import annotations
 
 import base64
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,8 @@ import httpx
 import pytest
 from sqlalchemy import text
 
-from tests.browser import chromium
-from tests.helpers import ROOT, serve, wait_for
+from tests.browser import chromium, screenshot, text_of
+from tests.helpers import serve, wait_for
 
 READ_KEY = "read-key-0123456789abcdef"
 SUBMIT_KEY = "submit-key-0123456789abcdef"
@@ -29,30 +28,6 @@ def browser() -> Iterator[Any]:
     """Headless Chromium driven by Selenium through Debian's chromedriver (no downloads)."""
     with chromium() as driver:
         yield driver
-
-
-def _text(driver: Any, css: str = "body") -> str:
-    """An element's text; "" while the page or a live region is being replaced (the old node
-    is stale, or the new one not there yet), so callers polling with wait_for look again."""
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
-
-    try:
-        return str(driver.find_element("css selector", css).text)
-    except (StaleElementReferenceException, NoSuchElementException):
-        return ""
-
-
-def _shot(driver: Any, tmp_path: Path, name: str) -> None:
-    """A full-page screenshot: into docs/ when JOBQ_DOCS_SCREENSHOTS=1, else a temporary file."""
-    folder = ROOT / "docs" if os.environ.get("JOBQ_DOCS_SCREENSHOTS") == "1" else tmp_path
-    height = min(2400, int(driver.execute_script("return document.body.scrollHeight")))
-    clip = {"x": 0, "y": 0, "width": 1280, "height": height, "scale": 1}
-    shot = driver.execute_cdp_cmd(
-        "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": clip}
-    )
-    path = folder / f"{name}.png"
-    path.write_bytes(base64.b64decode(shot["data"]))
-    assert path.stat().st_size > 10_000
 
 
 def _finished(api: str, ids: list[str], status: str) -> bool:
@@ -104,18 +79,18 @@ def test_search_detail_traceback_and_bulk_retry(
     traceback = browser.find_element("css selector", "details.traceback pre").text
     assert "Traceback (most recent call last)" in traceback and "PermanentError" in traceback
     assert browser.find_element("id", "wait").text  # a queue wait is shown
-    _shot(browser, tmp_path, "dashboard-job")
+    screenshot(browser, tmp_path, "dashboard-job")
 
     # Bulk retry of everything the search matches: count, confirmation, then it happens.
     browser.get(f"{live_api}/dashboard/jobs?task=permanent&status=failed")
-    _shot(browser, tmp_path, "dashboard-search")
+    screenshot(browser, tmp_path, "dashboard-search")
     button = browser.find_element("id", "bulk-retry")
     assert button.text == "Retry 4"
     button.click()
-    wait_for(lambda: _text(browser, "#confirm-count") == "4", what="the confirmation")
-    _shot(browser, tmp_path, "dashboard-bulk-confirm")
+    wait_for(lambda: text_of(browser, "#confirm-count") == "4", what="the confirmation")
+    screenshot(browser, tmp_path, "dashboard-bulk-confirm")
     browser.find_element("id", "confirm-button").click()
-    wait_for(lambda: "retry: 4 of 4" in _text(browser, "#message"), what="the bulk result")
+    wait_for(lambda: "retry: 4 of 4" in text_of(browser, "#message"), what="the bulk result")
 
     def all_ran_again() -> bool:
         return all(len(httpx.get(f"{live_api}/jobs/{i}/attempts").json()) == 2 for i in bad)
@@ -158,26 +133,26 @@ def test_workers_queues_scheduled_and_charts_pages(
     _submit(live_api, "echo", 3)
     _submit(live_api, "permanent")
     browser.get(f"{live_api}/dashboard/workers")
-    wait_for(lambda: worker.worker_id in _text(browser, "#workers"), what="the live worker row")
+    wait_for(lambda: worker.worker_id in text_of(browser, "#workers"), what="the live worker row")
     rows = {
         r.get_attribute("data-worker"): r.text
         for r in browser.find_elements("css selector", "#workers tr[data-worker]")
     }
     assert "live" in rows[worker.worker_id] and "dead" in rows["gone:1:abc"]
-    _shot(browser, tmp_path, "dashboard-workers")
+    screenshot(browser, tmp_path, "dashboard-workers")
 
     browser.get(f"{live_api}/dashboard/queues")
     assert browser.find_elements("css selector", "#queues tr[data-queue='default']")
-    _shot(browser, tmp_path, "dashboard-queues")
+    screenshot(browser, tmp_path, "dashboard-queues")
 
     far = _submit(live_api, "echo", run_at="2099-01-01T00:00:00Z")[0]
     browser.get(f"{live_api}/dashboard/scheduled")
     browser.find_element("css selector", f"button.run-now[data-job='{far}']").click()
-    wait_for(lambda: "due now" in _text(browser, "#message"), what="run now")
+    wait_for(lambda: "due now" in text_of(browser, "#message"), what="run now")
     wait_for(lambda: _finished(live_api, [far], "succeeded"), what="the scheduled job to run")
 
     browser.get(f"{live_api}/dashboard/charts")
-    wait_for(lambda: "echo" in _text(browser, "#latency"), what="per-task percentiles")
+    wait_for(lambda: "echo" in text_of(browser, "#latency"), what="per-task percentiles")
 
 
 def test_cross_origin_form_post_is_refused(
@@ -202,8 +177,8 @@ def test_cross_origin_form_post_is_refused(
     attacker = Starlette(routes=[Route("/", lambda request: HTMLResponse(evil))])
     with serve(attacker) as evil_url:
         browser.get(evil_url)
-        wait_for(lambda: "forbidden" in _text(browser), what="the refusal")
-    assert "cross-origin" in _text(browser)
+        wait_for(lambda: "forbidden" in text_of(browser), what="the refusal")
+    assert "cross-origin" in text_of(browser)
     assert len(httpx.get(f"{live_api}/jobs/{bad}/attempts").json()) == 1  # not retried
     assert httpx.get(f"{live_api}/jobs/{bad}").json()["status"] == "failed"
 
@@ -252,7 +227,7 @@ def test_read_only_key_sees_no_buttons_and_gets_403(
     )
     host = secured_api.removeprefix("http://")
     browser.get(f"http://viewer:{READ_KEY}@{host}/dashboard/jobs/{bad}")
-    assert "read-only" in _text(browser, "header")
+    assert "read-only" in text_of(browser, "header")
     assert not browser.find_elements("css selector", "button")
     browser.get(f"http://{host}/dashboard/jobs?status=failed")
     assert bad in (browser.find_element("id", "jobs").get_attribute("innerHTML") or "")
@@ -352,12 +327,12 @@ def test_charts_from_a_busy_day(
 
     browser.get(f"{live_api}/dashboard")
     assert len(browser.find_elements("css selector", "#chart-hour svg rect")) > 20
-    _shot(browser, tmp_path, "dashboard")
+    screenshot(browser, tmp_path, "dashboard")
     browser.get(f"{live_api}/dashboard/charts?hours=24")
-    assert "resize_image" in _text(browser, "#latency")
-    _shot(browser, tmp_path, "dashboard-charts")
+    assert "resize_image" in text_of(browser, "#latency")
+    screenshot(browser, tmp_path, "dashboard-charts")
     browser.get(f"{live_api}/dashboard/dlq")
     rows = browser.find_elements("css selector", "#jobs tr[data-job]")
     assert len(rows) == 400 // 23 and all("resize_image" in r.text for r in rows)
     assert browser.find_element("id", "bulk-redrive").text == f"Redrive from DLQ {400 // 23}"
-    _shot(browser, tmp_path, "dashboard-dlq")
+    screenshot(browser, tmp_path, "dashboard-dlq")

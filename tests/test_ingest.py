@@ -291,7 +291,7 @@ class FakeSqs:
         self.max_concurrent = 0
 
     def url_for(self, priority: str, queue: str = "default") -> str:
-        return f"{queue}-{priority}"
+        return f"queue-{queue}-{priority}"
 
     def send_call(self, url: str, items: list[Outgoing]) -> list[uuid.UUID]:
         assert len(items) <= 10 and {self.url_for(i.priority, i.queue) for i in items} == {url}

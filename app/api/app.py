@@ -120,7 +120,11 @@ def create_app(settings: Settings | None = None, *, tune_gc: bool = False) -> Fa
         refresher = CatalogueRefresher(catalogue, settings.catalogue_refresh_seconds)
         app.state.jobs = JobService(runtime.sessions, catalogue, publisher, settings)
         app.state.schedules = ScheduleService(
-            runtime.sessions, catalogue, settings.max_payload_depth
+            runtime.sessions,
+            catalogue,
+            settings.max_payload_depth,
+            settings.max_attempts,
+            settings.queue_names,
         )
         sampler = build_sampler(settings, runtime.engine, runtime.sqs)
         app.state.sampler = sampler

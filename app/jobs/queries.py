@@ -137,6 +137,20 @@ def mark_published(conn: Connection | Session, job_ids: Sequence[uuid.UUID]) -> 
         conn.execute(_MARK_PUBLISHED, {"ids": [str(i) for i in job_ids]})
 
 
+_MARK_PROMOTED = text(
+    "UPDATE jobs SET published_at = now() WHERE id IN ("
+    " SELECT id FROM jobs WHERE id = ANY(CAST(:ids AS uuid[])) AND published_at IS NULL"
+    " AND status = 'queued' ORDER BY id FOR UPDATE)"
+)
+
+
+def mark_promoted(session: Session, job_ids: Sequence[uuid.UUID]) -> None:
+    """mark_published for jobs the dispatcher promoted and sent after the commit: only those
+    still queued (one that ran and failed meanwhile may await a later send as retrying)."""
+    if job_ids:
+        session.execute(_MARK_PROMOTED, {"ids": [str(i) for i in job_ids]})
+
+
 def claim_unpublished(session: Session, *, older_than_seconds: float, limit: int) -> list[Outgoing]:
     """Lock jobs to run whose message is unconfirmed: queued ones whose publish failed, and
     retrying ones whose next run is within SQS's delay window (SKIP LOCKED: dispatchers share

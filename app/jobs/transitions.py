@@ -335,15 +335,19 @@ def count_redelivery(session: Db, job_id: uuid.UUID) -> None:
 _DUE_FROM = _from([S.SCHEDULED], S.QUEUED)
 
 
-def scheduled_to_queued(session: Db, job_ids: Sequence[uuid.UUID]) -> None:
-    """scheduled -> queued for jobs whose message SQS accepted (the dispatcher)."""
+def scheduled_to_queued(
+    session: Db, job_ids: Sequence[uuid.UUID], *, published: bool = True
+) -> None:
+    """scheduled -> queued for jobs coming due (the dispatcher); `published=False` leaves the
+    publish unconfirmed, for a send that follows the commit."""
     if job_ids:
         session.execute(
             text(
-                f"""UPDATE jobs SET status = 'queued', published_at = now(), updated_at = now()
+                f"""UPDATE jobs SET status = 'queued', updated_at = now(),
+                        published_at = CASE WHEN :published THEN now() END
                     WHERE id = ANY(CAST(:ids AS uuid[])) AND status IN {_DUE_FROM}"""
             ),
-            {"ids": [str(i) for i in job_ids]},
+            {"ids": [str(i) for i in job_ids], "published": published},
         )
 
 

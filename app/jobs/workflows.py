@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel
@@ -134,3 +135,107 @@ def view(session: Session, workflow_id: uuid.UUID, caps: views.Caps) -> Workflow
         jobs=jobs,
         edges=[Edge(parent_id=e.parent_id, child_id=e.child_id) for e in edges],
     )
+
+
+class Link(BaseModel):
+    """A job another job waits for, or that waits for it (the dashboard's job page)."""
+
+    id: uuid.UUID
+    task: str
+    status: str
+    settled: bool
+
+
+_PARENTS = text(
+    """SELECT p.id, p.task, p.status, d.settled FROM job_dependencies d
+       JOIN jobs p ON p.id = d.parent_id WHERE d.child_id = :id ORDER BY d.position"""
+)
+# A fan-out may have many children: the page shows the first ones (by creation).
+_CHILDREN = text(
+    """SELECT c.id, c.task, c.status, d.settled FROM job_dependencies d
+       JOIN jobs c ON c.id = d.child_id WHERE d.parent_id = :id
+       ORDER BY c.created_at, c.id LIMIT :n"""
+)
+
+
+def links(session: Session, job_id: uuid.UUID, *, children: int = 50) -> dict[str, list[Link]]:
+    """A job's parents (its depends_on, in order) and its first `children` dependants."""
+    found: dict[str, list[Link]] = {}
+    for name, stmt, params in (
+        ("parents", _PARENTS, {"id": job_id}),
+        ("children", _CHILDREN, {"id": job_id, "n": children}),
+    ):
+        found[name] = [Link(**r._asdict()) for r in session.execute(stmt, params)]
+    return found
+
+
+class WorkflowSummary(BaseModel):
+    """One line of the recent-workflows list."""
+
+    id: uuid.UUID
+    status: str
+    counts: dict[str, int]
+    jobs: int
+    started: datetime
+    last_created: datetime
+
+
+# The newest workflow jobs, then each of their workflows counted through ix_jobs_workflow:
+# the list costs two bounded index scans, however many workflows there are.
+_RECENT = text(
+    """
+    WITH newest AS (
+        SELECT workflow_id, created_at FROM jobs WHERE workflow_id IS NOT NULL
+        ORDER BY created_at DESC LIMIT :scan),
+    ids AS (
+        SELECT workflow_id, max(created_at) AS last_created FROM newest
+        GROUP BY 1 ORDER BY 2 DESC LIMIT :n)
+    SELECT ids.workflow_id AS id, ids.last_created, j.status, count(*) AS n,
+           min(j.created_at) AS started
+    FROM ids JOIN jobs j ON j.workflow_id = ids.workflow_id
+    GROUP BY ids.workflow_id, ids.last_created, j.status
+    ORDER BY ids.last_created DESC
+    """
+)
+
+
+def recent(session: Session, *, limit: int = 50, scan: int = 5000) -> list[WorkflowSummary]:
+    """The workflows with the newest jobs (among the newest `scan` workflow jobs)."""
+    rows: dict[uuid.UUID, dict[str, Any]] = {}
+    for r in session.execute(_RECENT, {"scan": scan, "n": limit}):
+        one = rows.setdefault(r.id, {"counts": Counter(), "started": r.started})
+        one["counts"][r.status] += int(r.n)
+        one["started"] = min(one["started"], r.started)
+        one["last_created"] = r.last_created
+    return [
+        WorkflowSummary(
+            id=wid,
+            status=overall(v["counts"]),
+            counts=dict(v["counts"]),
+            jobs=sum(v["counts"].values()),
+            started=v["started"],
+            last_created=v["last_created"],
+        )
+        for wid, v in rows.items()
+    ]
+
+
+def steps(workflow: WorkflowOut) -> dict[uuid.UUID, int]:
+    """Each job's step: 0 without parents in the workflow, else one after its latest parent's
+    (parents are always older than their children, so one pass oldest first would do; the
+    passes repeat only while equal creation times leave a step to raise)."""
+    shown = {j.id for j in workflow.jobs}
+    parents: dict[uuid.UUID, list[uuid.UUID]] = {}
+    for edge in workflow.edges:
+        if edge.parent_id in shown:
+            parents.setdefault(edge.child_id, []).append(edge.parent_id)
+    step = dict.fromkeys(shown, 0)
+    for _ in range(len(shown)):  # edges only point from older to newer: no cycles
+        changed = False
+        for job in workflow.jobs:
+            want = max((step[p] + 1 for p in parents.get(job.id, ())), default=0)
+            if want != step[job.id]:
+                step[job.id], changed = want, True
+        if not changed:
+            break
+    return step

@@ -153,7 +153,7 @@ def oldest_queued_age(session: Session | Connection) -> float:
 
 
 _BY_QUEUE = text(
-    """SELECT priority,
+    """SELECT queue, priority,
               count(*) FILTER (WHERE status = 'queued') AS queued,
               count(*) FILTER (WHERE status = 'running') AS running,
               count(*) FILTER (WHERE status = 'retrying') AS retrying,
@@ -161,17 +161,19 @@ _BY_QUEUE = text(
               extract(epoch FROM now() - min(greatest(updated_at, run_at))
                                       FILTER (WHERE status = 'queued')) AS oldest
        FROM jobs WHERE status IN ('queued', 'running', 'retrying', 'scheduled')
-       GROUP BY priority"""
+       GROUP BY queue, priority"""
 )
 
 
-def unfinished_by_priority(session: Session) -> dict[str, dict[str, Any]]:
-    """priority -> unfinished jobs by status and the oldest queued job's age (seconds)."""
-    out: dict[str, dict[str, Any]] = {}
+def unfinished_by_route(session: Session) -> dict[tuple[str, str], dict[str, Any]]:
+    """(named queue, priority) -> unfinished jobs by status and the oldest queued job's age
+    (seconds)."""
+    out: dict[tuple[str, str], dict[str, Any]] = {}
     for row in session.execute(_BY_QUEUE).mappings():
         values = dict(row)
         oldest = values.pop("oldest")
-        out[str(values.pop("priority"))] = {
+        route = (str(values.pop("queue")), str(values.pop("priority")))
+        out[route] = {
             **{k: int(v) for k, v in values.items()},
             "oldest_age_seconds": max(0.0, float(oldest)) if oldest is not None else None,
         }

@@ -89,13 +89,22 @@ class Dispatcher(PeriodicLoop):
         return super().stop(timeout)
 
     def promote_scheduled(self) -> int:
-        """Send scheduled jobs due within SQS's delay window; they become queued."""
+        """Send scheduled jobs due within SQS's delay window; they become queued.
+
+        `queued` is committed before the send. A job due now is sent without a delay, and a
+        worker may receive its message at once: had the job still been `scheduled`, the
+        worker would take the message for a stale copy and delete it, and the job would sit
+        queued with no message. A send that fails leaves the jobs queued and unconfirmed,
+        for the re-publish pass (run_once) to send.
+        """
         with translate_db_errors(), self._sessions.begin() as session:
             rows = queries.claim_due_scheduled(session, limit=self._batch)
             if not rows:
                 return 0
-            confirmed = self._sqs.send_batch(rows)
-            transitions.scheduled_to_queued(session, confirmed)
+            transitions.scheduled_to_queued(session, [r.job_id for r in rows], published=False)
+        confirmed = self._sqs.send_batch(rows)
+        with translate_db_errors(), self._sessions.begin() as session:
+            queries.mark_promoted(session, confirmed)
         return len(confirmed)
 
     def run_pass(self) -> int:

@@ -74,3 +74,9 @@ class ScheduleList(BaseModel):
     """Every schedule, by name."""
 
     items: list[ScheduleOut]
+
+
+class ScheduleRun(BaseModel):
+    """POST /schedules/{name}/run: the job submitted now (due at once; the dispatcher sends it)."""
+
+    job_id: uuid.UUID

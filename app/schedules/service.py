@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, case, delete, select
+from sqlalchemy import ColumnElement, case, delete, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.catalogue.cache import Catalogue
 from app.db import translate_db_errors
-from app.errors import Conflict, NotFound
+from app.errors import Conflict, JobqError, NotFound
+from app.jobs import queries
+from app.jobs.states import JobStatus
 from app.jobs.validation import check_payload
 from app.schedules.models import Schedule
 from app.schedules.rules import Rule
@@ -37,9 +40,17 @@ class ScheduleService:
     """Create, list, read, change and delete schedules (the ticker fires them)."""
 
     def __init__(
-        self, sessions: sessionmaker[Session], catalogue: Catalogue, max_depth: int
+        self,
+        sessions: sessionmaker[Session],
+        catalogue: Catalogue,
+        max_depth: int,
+        max_attempts: int = 3,
+        queue_names: Sequence[str] = ("default",),
     ) -> None:
         self._sessions = sessions
+        # Defaults of the jobs run now submits (as the ticker's: job_row).
+        self._max_attempts = max_attempts
+        self._queue_names = list(queue_names)
         # The task catalogue, like submits: the API has none of the tasks' code.
         self._catalogue = catalogue
         self._max_depth = max_depth
@@ -107,6 +118,32 @@ class ScheduleService:
                 return
         raise NotFound(f"schedule {ref!r} not found", field="name")
 
+    def run_now(self, ref: str) -> uuid.UUID:
+        """Submit the schedule's job now, outside its rule (a disabled schedule's too); the
+        next regular run stays where it was. The id of the new job.
+
+        The job is inserted due at once (status scheduled, run_at now) under its own tick,
+        this instant, so it never takes a regular tick's place; the dispatcher sends it on
+        its next pass, as it does a scheduled job's "run now".
+        """
+        with translate_db_errors(), self._sessions.begin() as session:
+            row = self._one(session, ref, lock=True)
+            now: datetime = session.execute(select(func.now())).scalar_one()
+            job = job_row(
+                self._catalogue,
+                row,
+                now,
+                max_attempts=self._max_attempts,
+                queue_names=self._queue_names,
+            )
+            job.update(status=JobStatus.SCHEDULED.value, run_at=now)
+            inserted = queries.insert_tick(session, job)
+            if inserted is None:  # a regular tick at this very instant: that is its job
+                raise Conflict("the schedule fired at this instant: try again", field="name")
+            row.last_run_at, row.last_job_id, row.updated_at = now, inserted.id, now
+            log.info("schedule run now", extra={"schedule": row.name, "job_id": str(inserted.id)})
+            return uuid.UUID(str(inserted.id))
+
     @staticmethod
     def _one(session: Session, ref: str, *, lock: bool) -> Schedule:
         stmt = select(Schedule).where(_by(ref))
@@ -114,6 +151,38 @@ class ScheduleService:
         if row is None:
             raise NotFound(f"schedule {ref!r} not found", field="name")
         return row
+
+
+def job_row(
+    catalogue: Catalogue,
+    schedule: Schedule,
+    tick: datetime,
+    *,
+    max_attempts: int,
+    queue_names: Sequence[str],
+) -> dict[str, Any]:
+    """The queued job a schedule submits for `tick`. Attempts, timeout and named queue come
+    from the task catalogue the workers publish: this process may have none of the task's
+    code."""
+    attempts, timeout, queue = None, None, None
+    try:
+        task = catalogue.get(schedule.task).newest
+        attempts, timeout, queue = task.max_attempts, task.timeout_seconds, task.queue
+    except JobqError:
+        # No worker published it (yet): the global defaults; a worker fails it if unknown.
+        pass
+    return {
+        "id": uuid.uuid4(),
+        "task": schedule.task,
+        "status": JobStatus.QUEUED.value,
+        "payload": schedule.payload,
+        "max_attempts": attempts or max_attempts,
+        "timeout_seconds": timeout,
+        "priority": schedule.priority,
+        "queue": queue if queue in queue_names else "default",
+        "schedule_id": schedule.id,
+        "schedule_tick": tick,
+    }
 
 
 def sync_code_schedules(sessions: sessionmaker[Session], registry: Registry) -> int:

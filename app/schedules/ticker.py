@@ -9,7 +9,6 @@ tick has one job however many tickers, restarts or clock skews there are.
 from __future__ import annotations
 
 import logging
-import uuid
 from datetime import datetime
 from typing import Any
 
@@ -22,12 +21,11 @@ from app.config import Settings
 from app.db import translate_db_errors
 from app.errors import JobqError
 from app.jobs import queries
-from app.jobs.states import JobStatus
 from app.loops import PeriodicLoop
 from app.runtime import Runtime
 from app.schedules.models import Schedule
 from app.schedules.rules import Rule
-from app.schedules.service import sync_code_schedules
+from app.schedules.service import job_row, sync_code_schedules
 from app.sqs.queue import Outgoing, SqsQueue
 from app.tasks.registry import Registry
 
@@ -112,25 +110,13 @@ class Ticker(PeriodicLoop):
         return Outgoing(inserted.id, inserted.trace_id, 0, inserted.priority, inserted.queue)
 
     def _job_row(self, schedule: Schedule, tick: datetime) -> dict[str, Any]:
-        max_attempts, timeout, queue = None, None, None
-        try:
-            task = self._catalogue.get(schedule.task).newest
-            max_attempts, timeout, queue = task.max_attempts, task.timeout_seconds, task.queue
-        except JobqError:
-            # No worker published it (yet): the global defaults; a worker fails it if unknown.
-            pass
-        return {
-            "id": uuid.uuid4(),
-            "task": schedule.task,
-            "status": JobStatus.QUEUED.value,
-            "payload": schedule.payload,
-            "max_attempts": max_attempts or self._max_attempts,
-            "timeout_seconds": timeout,
-            "priority": schedule.priority,
-            "queue": queue if queue in self._queue_names else "default",
-            "schedule_id": schedule.id,
-            "schedule_tick": tick,
-        }
+        return job_row(
+            self._catalogue,
+            schedule,
+            tick,
+            max_attempts=self._max_attempts,
+            queue_names=self._queue_names,
+        )
 
     def _send(self, out: list[Outgoing]) -> None:
         """After commit: send the new jobs; a failed send is re-sent by the dispatcher."""

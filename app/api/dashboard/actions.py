@@ -25,7 +25,14 @@ log = logging.getLogger("jobq.audit")
 _ONE = {"retry": "retry requested", "cancel": "cancel requested", "run-now": "due now"}
 
 
-def _back(request: Request, fallback: str, fields: dict[str, str], msg: str) -> Response:
+def audit(request: Request, action: str, target: str, **fields: object) -> None:
+    """One jobq.audit record of a dashboard action on `target`, naming the caller's key."""
+    who = actor(request)
+    extra = {"actor": who, "action": action, **fields}
+    log.info("dashboard %s of %s by %s", action, target, who, extra=extra)
+
+
+def back(request: Request, fallback: str, fields: dict[str, str], msg: str) -> Response:
     """POST-redirect-GET to the page the form came from (a dashboard path only)."""
     target = fields.get("next", "")
     if not target.startswith("/dashboard") or target.startswith("//"):
@@ -44,13 +51,11 @@ async def one_job(job_id: uuid.UUID, action: str, request: Request) -> Response:
     try:
         await run_in_threadpool(run, job_id)
         msg = _ONE[action]
-        who = actor(request)
-        extra = {"actor": who, "action": action, "job_id": str(job_id)}
-        log.info("dashboard %s of job %s by %s", action, job_id, who, extra=extra)
+        audit(request, action, f"job {job_id}", job_id=str(job_id))
     except JobqError as exc:
         msg = f"{action} refused: {exc.message}"
     fallback = str(request.url_for("job_detail", job_id=job_id))
-    return _back(request, fallback, await csrf.form(request), msg)
+    return back(request, fallback, await csrf.form(request), msg)
 
 
 @router.get("/bulk", response_class=HTMLResponse)
@@ -87,4 +92,4 @@ async def run_bulk(request: Request) -> Response:
     if result.capped:
         msg += f" (stopped at {BULK_LIMIT}: run it again for the rest)"
     fallback = str(request.url_for("job_list")) + search.query()
-    return _back(request, fallback, fields, msg)
+    return back(request, fallback, fields, msg)

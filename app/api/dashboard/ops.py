@@ -13,11 +13,11 @@ from app.api.dashboard import svg
 from app.api.dashboard.common import PAGE_SIZE, jobs, page
 from app.api.dashboard.search import search_page
 from app.db import translate_db_errors
-from app.jobs import workers
+from app.jobs import controls, workers
 from app.jobs.filters import PRIORITIES, JobFilter
 from app.jobs.states import JobStatus
 from app.observability import charts
-from app.observability.stats import queue_name, unfinished_by_priority
+from app.observability.stats import queue_name, unfinished_by_route
 
 router = APIRouter()
 
@@ -61,29 +61,56 @@ def throughput_charts(request: Request) -> dict[str, Any]:
 
 @router.get("/queues", response_class=HTMLResponse)
 def queues(request: Request) -> HTMLResponse:
-    """Per queue: SQS depth, in flight and delayed, and what PostgreSQL holds for it."""
-    settings = request.app.state.runtime.settings
+    """Per named queue and priority: SQS depth, in flight and delayed, what PostgreSQL holds
+    for it, and whether it is paused; per task: pause and limits (flow control)."""
+    sqs = request.app.state.runtime.sqs
     depths = request.app.state.sampler.depths()
     with translate_db_errors(), _sessions(request)() as session:
-        held = unfinished_by_priority(session)
-    rows = []
-    for priority in PRIORITIES:
-        name = queue_name(settings.queue_urls[priority])
-        rows.append(
-            {
-                "priority": priority,
-                "queue": name,
-                "sqs": depths["queues"].get(name),
-                "db": held.get(priority, {}),
-            }
-        )
+        held = unfinished_by_route(session)
+        rows = controls.list_all(session)
+    paused = {c.name for c in rows if c.scope == "queue" and c.paused}
+    # The queues this process routes to, then any other a job or a pause names.
+    names = list(sqs.queue_names())
+    for name in sorted({q for q, _ in held} | {c.name for c in rows if c.scope == "queue"}):
+        if name not in names:
+            names.append(name)
+    routes = []
+    for name in names:
+        for priority in PRIORITIES:
+            routes.append(
+                {
+                    "name": name,
+                    "priority": priority,
+                    "sqs_name": queue_name(sqs.url_for(priority, name)),
+                    "sqs": depths["queues"].get(queue_name(sqs.url_for(priority, name))),
+                    "db": held.get((name, priority), {}),
+                    "first": priority == PRIORITIES[0],
+                    "paused": name in paused,
+                }
+            )
     return page(
         request,
         "queues.html",
-        rows=rows,
+        rows=routes,
+        tasks=task_controls(request, rows),
         dlq=depths.get("dlq"),
         sampled_age=depths.get("queues_sampled_age_seconds"),
     )
+
+
+def task_controls(request: Request, rows: list[controls.ControlOut]) -> list[Any]:
+    """Every task the catalogue knows and every task with a control row, by name: pause,
+    limits in effect (run-time or declared in code), running now."""
+    known = {c.name: c for c in rows if c.scope == "task"}
+    views = jobs(request).catalogue.views()
+    for name in views:
+        known.setdefault(name, controls.ControlOut(scope="task", name=name))
+    out = []
+    for name in sorted(known):
+        view = views.get(name)
+        queue = (view.newest.queue if view else None) or "default"
+        out.append({"control": known[name], "queue": queue})
+    return out
 
 
 @router.get("/workers", response_class=HTMLResponse)

@@ -8,15 +8,18 @@ import uuid
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse
 
-from app.api.dashboard import actions, ops
+from app.api.dashboard import actions, flow, flow_actions, ops
 from app.api.dashboard.common import HERE, jobs, page
 from app.api.dashboard.search import search_page
+from app.db import translate_db_errors
+from app.jobs import workflows
 from app.jobs.states import CANCELLABLE_NOW, RETRYABLE_BY_USER, RUNNABLE_NOW_BY_USER, JobStatus
 from app.observability.stats import snapshot
 
 router = APIRouter(prefix="/dashboard", include_in_schema=False)
 ATTEMPTS_SHOWN = 50  # the newest attempts of a job (a job retried for months has many)
 DETAIL_CHARS = 64 * 1024  # payload, result, error and each traceback on the detail page
+LINKS_SHOWN = 50  # the jobs waiting for this one (a fan-out may have thousands)
 
 
 @router.get("/static/htmx.min.js")
@@ -54,11 +57,16 @@ def job_list(request: Request, cursor: str | None = None) -> HTMLResponse:
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
 def job_detail(job_id: uuid.UUID, request: Request) -> HTMLResponse:
-    """One job: payload, result, times, and every attempt with its traceback."""
+    """One job: payload, result, times, progress, the jobs it waits for (and that wait for
+    it), and every attempt with its traceback."""
     service = jobs(request)
     job = service.get(job_id, max_chars=DETAIL_CHARS)
     attempts = service.attempts(job_id, newest=ATTEMPTS_SHOWN, traceback_chars=DETAIL_CHARS)
     status = JobStatus(job.status)
+    links: dict[str, list[workflows.Link]] = {"parents": [], "children": []}
+    if job.workflow_id is not None:  # only workflow jobs have parents or children
+        with translate_db_errors(), request.app.state.runtime.sessions() as session:
+            links = workflows.links(session, job_id, children=LINKS_SHOWN)
     # Due at run_at (a delay) unless that is a later retry's; else at creation.
     first_run = job.started_at
     due = job.run_at if job.run_at and first_run and job.run_at <= first_run else job.created_at
@@ -68,6 +76,9 @@ def job_detail(job_id: uuid.UUID, request: Request) -> HTMLResponse:
         job=job,
         attempts=attempts,
         attempts_shown=ATTEMPTS_SHOWN,
+        parents=links["parents"],
+        children=links["children"],
+        children_shown=LINKS_SHOWN,
         due=due,
         can_retry=status in RETRYABLE_BY_USER | RUNNABLE_NOW_BY_USER,
         can_cancel=status in CANCELLABLE_NOW | {JobStatus.RUNNING},
@@ -77,4 +88,6 @@ def job_detail(job_id: uuid.UUID, request: Request) -> HTMLResponse:
 
 
 router.include_router(ops.router)
+router.include_router(flow.router)
 router.include_router(actions.router)
+router.include_router(flow_actions.router)

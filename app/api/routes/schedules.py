@@ -8,7 +8,13 @@ from fastapi import APIRouter, Path, Request, Response, status
 
 from app.jobs.schemas import ErrorBody
 from app.jobs.validation import SafeStr
-from app.schedules.schemas import ScheduleCreate, ScheduleList, ScheduleOut, ScheduleUpdate
+from app.schedules.schemas import (
+    ScheduleCreate,
+    ScheduleList,
+    ScheduleOut,
+    ScheduleRun,
+    ScheduleUpdate,
+)
 from app.schedules.service import ScheduleService
 
 router = APIRouter(tags=["schedules"])
@@ -51,6 +57,12 @@ def get_schedule(ref: Ref, request: Request) -> ScheduleOut:
 def update_schedule(ref: Ref, body: ScheduleUpdate, request: Request) -> ScheduleOut:
     """Change a schedule: enable/disable it, change its rule, task, payload or priority."""
     return _service(request).update(ref, body)
+
+
+@router.post("/schedules/{ref}/run", response_model=ScheduleRun, responses=_ERRORS)
+def run_schedule(ref: Ref, request: Request) -> ScheduleRun:
+    """Submit the schedule's job now, outside its rule; its next regular run does not move."""
+    return ScheduleRun(job_id=_service(request).run_now(ref))
 
 
 @router.delete("/schedules/{ref}", status_code=status.HTTP_204_NO_CONTENT, responses=_ERRORS)
