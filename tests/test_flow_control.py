@@ -90,12 +90,12 @@ def test_concurrency_limit_of_2_is_never_exceeded_by_4_worker_processes(
     api: Any, db: Any, settings: Settings, procs: Any, tmp_path: Path
 ) -> None:
     assert api.patch("/tasks/record/controls", json={"max_concurrency": 2}).status_code == 200
-    (started,) = _rows(db, "SELECT now()")[0]
+    (started,) = rows(db, "SELECT now()")[0]
     for i in range(4):
         procs.append(start_worker_process(settings, tmp_path / f"w{i}.log"))
     # All four poll before the jobs exist (on a loaded machine the first one up took them all).
     live = "SELECT count(*) FROM workers WHERE started_at >= %s AND stopped_at IS NULL"
-    wait_for(lambda: _rows(db, live, started)[0][0] >= 4, timeout=90, what="4 live workers")
+    wait_for(lambda: rows(db, live, started)[0][0] >= 4, timeout=90, what="4 live workers")
     ids = _submit(api, 12, sleep=0.5)
     wait_for(lambda: _all(db, ids, "succeeded"), timeout=120, what="all 12 jobs to succeed")
     assert _max_overlap(db, ids) == 2
