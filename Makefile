@@ -6,24 +6,38 @@ PYTHON := $(shell for p in python3.13 python3.12 python3.11 python3; do \
 endif
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-stamp
+# Two stamps in one venv: `make dev` installs only what the dev server runs (local.lock), the
+# other targets the whole dev set (dev.lock, a superset with the same pins).
+LOCAL_STAMP := $(VENV)/.installed-local
+DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: dev test lint fmt install tools lock audit drills bench clean pin-images
+.PHONY: dev test test-fast lint fmt install tools lock audit system-deps drills bench clean \
+	pin-images
 
 $(BIN)/python:
 	@test -n "$(PYTHON)" || { echo "Python 3.11+ is required"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 
 # Re-install whenever pyproject.toml or the lock changes: exactly the locked, hash-checked set
-# (requirements/dev.lock, made by `make lock`), then the project itself without resolving again.
-$(STAMP): pyproject.toml requirements/dev.lock | $(BIN)/python
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/dev.lock
-	$(BIN)/python -m pip install --quiet --no-deps -e .
-	@touch $(STAMP)
+# (made by `make lock`), then the project itself without resolving again.
+# local.lock = the base dependencies and the `local` extra (embedded PostgreSQL, moto's server).
+$(LOCAL_STAMP): pyproject.toml requirements/local.lock | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes \
+		-r requirements/local.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	@touch $(LOCAL_STAMP)
+
+# dev.lock = local.lock plus `otel` and the test and lint tool chain. It holds every local.lock
+# pin at the same version (tests/test_lock.py checks), so it stands for the local stamp too.
+$(DEV_STAMP): pyproject.toml requirements/dev.lock | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes \
+		-r requirements/dev.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	@touch $(DEV_STAMP) $(LOCAL_STAMP)
 
 # checkov pins old boto3/packaging: it gets a venv of its own so ours stays current. pip-tools
 # and pip-audit live there too, installed in one pip call with checkov so its pins hold.
+# Only the targets that run them install it: test (checkov), lock, audit.
 TOOLS := .venv-tools
 TOOLS_STAMP := $(TOOLS)/.installed-stamp
 TOOLS_PKGS := 'checkov>=3.3,<4' 'pip-tools>=7.4,<8' 'pip-audit>=2.7,<3'
@@ -37,9 +51,11 @@ $(TOOLS_STAMP):
 tools: $(TOOLS_STAMP)
 	@$(TOOLS)/bin/python -m pip install --quiet $(TOOLS_PKGS)
 
-# Lock files with hashes from pyproject.toml (Python 3.11, like the images):
+# Lock files with hashes from pyproject.toml (Python 3.11, like the images), resolved in order,
+# each constrained by the one before so that a package has one version in all three:
 # requirements/runtime.lock = [project].dependencies (what Dockerfile.api/.worker install),
-# requirements/dev.lock = extra `dev` (with `local` and `otel`; what make install installs).
+# requirements/local.lock = + extra `local` (what make dev installs),
+# requirements/dev.lock = + extra `dev` (with `local` and `otel`; what make test installs).
 # Existing pins are kept; upgrade with `make lock LOCK_ARGS=--upgrade` (or --upgrade-package X).
 # No index or find-links lines are written, so a machine's local mirrors never leak into them;
 # jobq itself is listed as "unsafe" so dev's self-reference (jobq[local,otel]) is not pinned
@@ -53,23 +69,39 @@ lock: tools
 	echo "make lock resolves for $(TOOLS)'s Python, which must be 3.11 like the images:"; \
 	echo "  rm -rf $(TOOLS) && make PYTHON=python3.11 tools"; exit 1; }
 	$(PIP_COMPILE) -o requirements/runtime.lock pyproject.toml
-	$(PIP_COMPILE) --extra dev -o requirements/dev.lock pyproject.toml
+	$(PIP_COMPILE) --extra local -c requirements/runtime.lock -o requirements/local.lock \
+		pyproject.toml
+	$(PIP_COMPILE) --extra dev -c requirements/local.lock -o requirements/dev.lock pyproject.toml
 
-install: $(STAMP) $(TOOLS_STAMP)
+# Everything every target may need.
+install: $(DEV_STAMP) $(TOOLS_STAMP)
 
-dev: install
+# The dev server alone: no test tools, no tools venv.
+dev: $(LOCAL_STAMP)
 	$(BIN)/jobq dev
 
-# Lint and types first (seconds), then the suite.
+# Browsers and promtool for the suite: installed when missing and possible (root + apt-get),
+# otherwise one line saying what to install, before anything runs.
+system-deps:
+	@bash scripts/system-deps.sh
+
+# Lint, import rules and types first (seconds), then the whole suite.
 # pytest exits 5 when it collected nothing: that is a failure, not a pass.
-test: install
+test: system-deps $(DEV_STAMP) $(TOOLS_STAMP)
 	$(BIN)/ruff check app worker jobq tests migrations
+	$(BIN)/lint-imports
 	$(BIN)/mypy app worker jobq
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: no tests were collected - failing"; fi; exit $$rc
 
+# The unit lane: tests that need no PostgreSQL, SQS, browser or child process (tests/lanes.py
+# marks them); no system packages needed.
+test-fast: $(DEV_STAMP)
+	@$(BIN)/python -m pytest -m unit -q $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test-fast: no tests were collected - failing"; fi; exit $$rc
+
 # Benchmarks (not part of make test): fauxqs from npm (Node 22 from the `node` package).
-bench: install
+bench: $(DEV_STAMP)
 	$(BIN)/python -m pip install --quiet -r bench/requirements.txt
 	npm install --prefix bench --no-audit --no-fund --silent
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
@@ -77,7 +109,7 @@ bench: install
 # Fault drills at full size (make test runs them small); appends to bench/results/drills.jsonl.
 # Thousands of jobs need a faster SQS server than moto's: the shared endpoint is fauxqs (the
 # outage drill still stops and restarts a moto server of its own).
-drills: install
+drills: $(DEV_STAMP)
 	@mkdir -p bench/results
 	$(BIN)/python -m pip install --quiet -r bench/requirements.txt
 	npm install --prefix bench --no-audit --no-fund --silent
@@ -86,9 +118,10 @@ drills: install
 	$(BIN)/python bench/with_fauxqs.py \
 	$(BIN)/python -m pytest tests/test_drills.py -m drill -q -s -p no:cacheprovider $(PYTEST_ARGS)
 
-lint: install
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check app worker jobq tests migrations
 	$(BIN)/ruff format --check app worker jobq tests migrations
+	$(BIN)/lint-imports
 	$(BIN)/mypy app worker jobq
 
 # Known-vulnerability check of the locked set (dev.lock includes every runtime.lock pin).
@@ -103,7 +136,7 @@ audit: tools
 pin-images:
 	bash scripts/pin-images.sh $(PIN_ARGS)
 
-fmt: install
+fmt: $(DEV_STAMP)
 	$(BIN)/ruff format app worker tests migrations
 	$(BIN)/ruff check --fix app worker tests migrations
 

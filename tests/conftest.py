@@ -24,8 +24,12 @@ from app.migrate import upgrade
 from app.runtime import Runtime, build_runtime
 from app.sqs.queue import ensure_queues, make_sqs_client
 from app.tasks.registry import REGISTRY
+from tests.helpers import stop_process
 from tests.tasks import EXECUTIONS_DDL
 from worker.runner import Worker
+
+# Lane markers (postgres, sqs, browser, processes, unit) from what each test needs.
+pytest_plugins = ["tests.lanes"]
 
 TEST_TASKS = "tests.tasks"
 # The queues' crash guard (SQS moves a message to the DLQ after this many receives).
@@ -207,9 +211,7 @@ def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
     started: list[subprocess.Popen[bytes]] = []
     yield started
     for p in started:
-        if p.poll() is None:
-            p.kill()
-        p.wait(10)
+        stop_process(p, grace=0)
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""Test helpers: polling with a deadline, settings as environment, worker processes."""
+"""Test helpers, one copy each: polling with a deadline (wait_for, wait_for_status), SQL and
+queue reads, Prometheus text, settings as environment, child processes and their reaping."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from app.config import Settings
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
+FINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 
 
 def wait_for(
@@ -32,6 +34,80 @@ def wait_for(
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what or check}; last={last!r}")
+
+
+def wait_for_status(api: Any, job_id: str, *statuses: str, timeout: float = 30.0) -> dict[str, Any]:
+    """GET /jobs/{id} (`api`: a TestClient or httpx.Client) until its status is one of
+    `statuses`, or any final one when none are given; the job as the API shows it."""
+    wanted = set(statuses) or FINAL_STATUSES
+
+    def reached() -> dict[str, Any] | None:
+        job: dict[str, Any] = api.get(f"/jobs/{job_id}").json()
+        return job if job["status"] in wanted else None
+
+    return wait_for(reached, timeout=timeout, what=f"job {job_id} to reach {sorted(wanted)}")
+
+
+def scalar(db: Any, sql: str, *args: Any) -> Any:
+    """The one value `sql` selects (a psycopg2 connection)."""
+    with db.cursor() as cur:
+        cur.execute(sql, args)
+        return cur.fetchone()[0]
+
+
+def rows(db: Any, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    """Every row `sql` selects (a psycopg2 connection)."""
+    with db.cursor() as cur:
+        cur.execute(sql, args)
+        return list(cur.fetchall())
+
+
+def queue_depth(sqs: Any, queue_url: str | None = None) -> dict[str, int]:
+    """Messages on a queue (`sqs`: app.sqs.queue.SqsQueue; its own queue when no URL) by
+    state: visible, in_flight (received, not deleted) and delayed."""
+    attrs = sqs.attributes(queue_url)
+    return {
+        "visible": int(attrs.get("ApproximateNumberOfMessages", 0)),
+        "in_flight": int(attrs.get("ApproximateNumberOfMessagesNotVisible", 0)),
+        "delayed": int(attrs.get("ApproximateNumberOfMessagesDelayed", 0)),
+    }
+
+
+def queue_is_empty(sqs: Any, queue_url: str | None = None) -> bool:
+    """True when the queue holds no message in any state."""
+    return not any(queue_depth(sqs, queue_url).values())
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """One sample's value in Prometheus exposition text (label order does not matter); fails
+    the test when it is not exposed."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    raise AssertionError(f"{name}{labels} not exposed")
+
+
+def stop_process(proc: subprocess.Popen[Any], *, grace: float = 20.0, group: bool = False) -> int:
+    """SIGTERM `proc` (its whole process group with `group`: started with
+    start_new_session=True), SIGKILL it when it outlives `grace`; its exit code once reaped."""
+
+    def send(sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            if group:
+                os.killpg(proc.pid, sig)
+            else:
+                proc.send_signal(sig)
+
+    if proc.poll() is None:
+        send(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        send(signal.SIGKILL)
+        return proc.wait(timeout=30)
 
 
 def settings_env(settings: Settings, **extra: str) -> dict[str, str]:
@@ -193,11 +269,5 @@ def api_process(settings: Settings, log_path: Path, **extra: str) -> Iterator[tu
         wait_for(up, timeout=60, what="jobq api to answer")
         yield url, proc
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        stop_process(proc, group=True)
         log.close()

@@ -122,7 +122,11 @@ class ScriptedServer(ThreadingHTTPServer):
         self.released = threading.Event()
         self._counts: Counter[str] = Counter()
         self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+        # A short poll: stop() waits for the serving loop's next look (0.5 s by default, and
+        # most tests that use this server take less than that).
+        self._thread = threading.Thread(
+            target=self.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
 
     @property
     def port(self) -> int:

@@ -10,20 +10,13 @@ from app.jobs import transitions
 from app.jobs.states import JobStatus
 from app.jobs.transitions import Finish
 from app.sqs.queue import Outgoing
-from tests.helpers import wait_for
+from tests.helpers import queue_depth, queue_is_empty, wait_for
 
 
 def _statuses(db: Any, ids: list[str]) -> dict[str, tuple[str, int]]:
     with db.cursor() as cur:
         cur.execute("SELECT id::text, status, attempts FROM jobs WHERE id::text = ANY(%s)", (ids,))
         return {r[0]: (r[1], r[2]) for r in cur.fetchall()}
-
-
-def _queue_counts(sqs: Any) -> tuple[int, int]:
-    attrs = sqs.attributes()
-    return int(attrs["ApproximateNumberOfMessages"]), int(
-        attrs["ApproximateNumberOfMessagesNotVisible"]
-    )
 
 
 def test_mixed_outcomes_in_one_batch_each_get_their_own_state_and_message_action(
@@ -55,7 +48,7 @@ def test_mixed_outcomes_in_one_batch_each_get_their_own_state_and_message_action
     history = api.get(f"/jobs/{ids[25]}/attempts").json()
     assert [h["outcome"] for h in history] == ["failed", "succeeded"]
     # Deleted in batches: nothing is left visible or in flight.
-    wait_for(lambda: _queue_counts(runtime.sqs) == (0, 0), timeout=30, what="queue drained")
+    wait_for(lambda: queue_is_empty(runtime.sqs), timeout=30, what="queue drained")
 
 
 def test_claim_many_claims_each_job_once_and_skips_the_unclaimable(
@@ -123,7 +116,7 @@ def test_duplicates_inside_one_receive_run_the_handler_once(
         timeout=30,
         what="job to succeed",
     )
-    wait_for(lambda: _queue_counts(runtime.sqs) == (0, 0), timeout=40, what="copies drained")
+    wait_for(lambda: queue_is_empty(runtime.sqs), timeout=40, what="copies drained")
     with db.cursor() as cur:
         cur.execute("SELECT count(*) FROM test_executions WHERE job_id = %s", (job["id"],))
         assert cur.fetchone()[0] == 1
@@ -135,12 +128,12 @@ def test_worker_never_holds_more_messages_than_its_slots(
     jobs = [{"task": "sleep", "payload": {"seconds": 0.4}} for _ in range(9)]
     reply = api.post("/jobs/batch", json={"jobs": jobs})
     ids = [item["job"]["id"] for item in reply.json()["items"]]
-    wait_for(lambda: _queue_counts(runtime.sqs)[0] == 9, what="all 9 messages queued")
+    wait_for(lambda: queue_depth(runtime.sqs)["visible"] == 9, what="all 9 messages queued")
     worker_factory(settings.model_copy(update={"worker_concurrency": 3}))
     held, running = [], []
 
     def sample_until_done() -> bool:
-        held.append(_queue_counts(runtime.sqs)[1])
+        held.append(queue_depth(runtime.sqs)["in_flight"])
         states = _statuses(db, ids)
         running.append(sum(1 for s, _ in states.values() if s == "running"))
         return all(s == "succeeded" for s, _ in states.values())

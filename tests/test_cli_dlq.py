@@ -1,4 +1,5 @@
-"""`jobq dlq list` filters like a redrive and needs only PostgreSQL."""
+"""`jobq dlq list` filters like a redrive and needs only PostgreSQL; `jobq dlq redrive` runs
+failed jobs again."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import subprocess
 import sys
 from typing import Any
 
-from tests.helpers import ROOT, settings_env
+from tests.helpers import ROOT, settings_env, wait_for_status
 
 
 def _jobq(settings: Any, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -46,3 +47,20 @@ def test_dlq_list_honours_every_filter_without_sqs_settings(db: Any, settings: A
     assert listed("--task", "a", "--since", "2026-03-01T00:00:00Z") == ["2"]
     assert listed("--task", "a", "--until", "2026-03-01T00:00:00Z") == ["1"]
     assert listed("--dead-lettered-only") == ["1"]
+
+
+def test_cli_dlq_list_and_redrive(api: Any, settings: Any, worker_factory: Any) -> None:
+    worker_factory()
+    job = api.post("/jobs", json={"task": "permanent"}).json()
+    wait_for_status(api, job["id"], "failed")
+
+    listed = _jobq(settings, "dlq", "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [j["id"] for j in json.loads(listed.stdout.splitlines()[-1])] == [job["id"]]
+    redriven = _jobq(settings, "dlq", "redrive", "--task", "permanent", "--json")
+    assert redriven.returncode == 0, redriven.stderr
+    assert json.loads(redriven.stdout.splitlines()[-1])["redriven"] == 1
+    wait_for_status(api, job["id"], "failed")  # ran again (and failed again)
+    assert len(api.get(f"/jobs/{job['id']}/attempts").json()) == 2
+    naive = _jobq(settings, "dlq", "redrive", "--since", "2030-01-01T00:00:00")
+    assert naive.returncode == 1 and "--since" in naive.stderr

@@ -17,27 +17,11 @@ from app.jobs.transitions import Claimed, Finish
 from app.sqs.queue import Outgoing, ensure_queues, make_sqs_client
 from tests.conftest import make_settings
 from tests.faults import Blackhole, Proxy, postgres_socket
-from tests.helpers import wait_for
-
-FINAL = {"succeeded", "failed", "cancelled"}
-
-
-def _final(api: Any, job_id: str, timeout: float = 30) -> dict[str, Any]:
-    return wait_for(
-        lambda: (j := api.get(f"/jobs/{job_id}").json())["status"] in FINAL and j,
-        timeout=timeout,
-        what=f"job {job_id} to finish",
-    )
-
-
-def _rows(db: Any, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    with db.cursor() as cur:
-        cur.execute(sql, args)
-        return list(cur.fetchall())
+from tests.helpers import rows, wait_for, wait_for_status
 
 
 def _executions(db: Any, job_id: str) -> list[tuple[Any, ...]]:
-    return _rows(
+    return rows(
         db,
         "SELECT pid, started_at, finished_at FROM test_executions WHERE job_id = %s ORDER BY id",
         job_id,
@@ -50,7 +34,7 @@ def test_max_attempts_one_or_two_ends_failed_and_dead_lettered(
     worker_factory()
     for n in (1, 2):
         job = api.post("/jobs", json={"task": "fail", "max_attempts": n}).json()
-        done = _final(api, job["id"])
+        done = wait_for_status(api, job["id"])
         assert done["status"] == "failed" and done["attempts"] == n
         assert done["dead_lettered_at"] is not None  # one meaning, whatever max_attempts is
 
@@ -73,7 +57,7 @@ def test_a_dead_lettered_job_that_never_ran_goes_back_to_its_queue(
     with db.cursor() as cur:
         wait_for(
             lambda: (
-                _rows(db, "SELECT status FROM jobs WHERE id = %s", str(job_id)) == [("succeeded",)]
+                rows(db, "SELECT status FROM jobs WHERE id = %s", str(job_id)) == [("succeeded",)]
             ),
             what="the redelivered job to run",
         )
@@ -100,7 +84,7 @@ def test_a_duplicate_during_a_long_run_never_fails_the_job(
         wait_for(lambda: _executions(db, job["id"]), what="the run to start")
         for _ in range(2):
             client.send_message(QueueUrl=url, MessageBody=json.dumps({"job_id": job["id"]}))
-        done = _final(api, job["id"], timeout=60)
+        done = wait_for_status(api, job["id"], timeout=60)
     assert done["status"] == "succeeded" and done["attempts"] == 1 and done["failures"] == 0
     assert len(_executions(db, job["id"])) == 1
 
@@ -132,7 +116,7 @@ def test_a_batch_postgresql_refuses_is_written_row_by_row(
     statuses = completer.complete_all(batch)
     held.close()
     assert statuses == ["succeeded"] * 3 + ["failed"]
-    (error,) = _rows(db, "SELECT error FROM jobs WHERE id = %s", str(ids[3]))[0]
+    (error,) = rows(db, "SELECT error FROM jobs WHERE id = %s", str(ids[3]))[0]
     assert "outcome could not be stored" in error
 
 
@@ -152,11 +136,11 @@ def test_odd_outcomes_never_disturb_their_batch_mates(
     ]
     ordinary = [api.post("/jobs", json={"task": "record"}).json()["id"] for _ in range(40)]
     for job_id in ordinary:
-        done = _final(api, job_id)
+        done = wait_for_status(api, job_id)
         assert done["status"] == "succeeded" and done["attempts"] == 1, done
         assert len(_executions(db, job_id)) == 1  # none re-ran
     for job_id in odd_ids:
-        assert _final(api, job_id)["status"] in {"failed", "retrying", "succeeded"}
+        assert wait_for_status(api, job_id)["status"] in {"failed", "retrying", "succeeded"}
     assert all(api.get(f"/jobs/{j}").json()["error"] for j in odd_ids)
 
 
@@ -175,7 +159,7 @@ def test_a_cooperative_handler_cancelled_at_shutdown_is_interrupted_not_succeede
     with db.cursor() as cur:
         cur.execute("""UPDATE jobs SET payload = '{"seconds": 0}' WHERE id = %s""", (job["id"],))
     worker_factory()
-    done = _final(api, job["id"], timeout=60)
+    done = wait_for_status(api, job["id"], timeout=60)
     assert (done["status"], done["attempts"], done["failures"]) == ("succeeded", 2, 0)
 
 
@@ -198,7 +182,7 @@ def test_a_worker_that_cannot_renew_its_lease_stops_the_job_before_the_lease_end
         wait_for(lambda: _executions(db, job["id"]), what="the run to start")
         first.consumer.signal_stop()  # the partitioned worker takes nothing new
         worker_factory(settings)  # a second worker, ready to take the job over
-        done = _final(api, job["id"], timeout=60)
+        done = wait_for_status(api, job["id"], timeout=60)
     assert done["status"] == "succeeded"
     runs = _executions(db, job["id"])
     assert len(runs) == 2
@@ -210,8 +194,8 @@ def test_a_worker_that_cannot_renew_its_lease_stops_the_job_before_the_lease_end
 
 def api_attempts(db: Any, job_id: str) -> list[dict[str, Any]]:
     """The attempt rows of a job, oldest first."""
-    rows = _rows(db, "SELECT outcome FROM job_attempts WHERE job_id = %s ORDER BY id", job_id)
-    return [{"outcome": r[0]} for r in rows]
+    found = rows(db, "SELECT outcome FROM job_attempts WHERE job_id = %s ORDER BY id", job_id)
+    return [{"outcome": r[0]} for r in found]
 
 
 def test_leases_are_renewed_while_sqs_hangs(
@@ -231,10 +215,10 @@ def test_leases_are_renewed_while_sqs_hangs(
         assert isinstance(worker.visibility._sqs, SqsQueue)
         job = api.post("/jobs", json={"task": "cooperative", "payload": {"seconds": 15}}).json()
         wait_for(lambda: _executions(db, job["id"]), what="the run to start")
-        before = _rows(db, "SELECT lease_expires_at FROM jobs WHERE id = %s", job["id"])[0][0]
+        before = rows(db, "SELECT lease_expires_at FROM jobs WHERE id = %s", job["id"])[0][0]
         wait_for(
             lambda: (
-                _rows(db, "SELECT lease_expires_at FROM jobs WHERE id = %s", job["id"])[0][0]
+                rows(db, "SELECT lease_expires_at FROM jobs WHERE id = %s", job["id"])[0][0]
                 > before
             ),
             timeout=15,
@@ -272,7 +256,7 @@ def test_workers_stop_receiving_while_postgresql_is_down_and_resume(
         time.sleep(25)
         pg_proxy.restore()
         for job_id in ids:
-            done = _final(api, job_id, timeout=60)
+            done = wait_for_status(api, job_id, timeout=60)
             assert done["status"] == "succeeded" and done["attempts"] == 1, done
             assert done["dead_lettered_at"] is None
 
@@ -293,7 +277,7 @@ def test_an_isolated_run_finds_the_poison_job(
             )
     runtime.sqs.send_batch([Outgoing(i) for i in ids])
     worker_factory()
-    poison, ordinary = (_final(api, str(i), timeout=60) for i in ids)
+    poison, ordinary = (wait_for_status(api, str(i), timeout=60) for i in ids)
     assert ordinary["status"] == "succeeded" and ordinary["crashes"] == 1
     assert poison["status"] == "failed" and poison["dead_lettered_at"] is not None
     assert "crashed its runner" in poison["error"]
@@ -324,7 +308,7 @@ def test_a_lost_run_is_counted_as_a_crash_not_a_failure(runtime: Any, db: Any) -
     )
     held.close()
     assert written == {job_id: JobStatus.SUCCEEDED}
-    assert _rows(db, "SELECT crashes, failures FROM jobs WHERE id = %s", str(job_id)) == [(1, 0)]
+    assert rows(db, "SELECT crashes, failures FROM jobs WHERE id = %s", str(job_id)) == [(1, 0)]
 
 
 def test_a_new_claim_waits_for_the_lease_margin(runtime: Any, db: Any) -> None:

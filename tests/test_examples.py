@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import signal
 import subprocess
 import sys
 import sysconfig
@@ -18,7 +17,7 @@ from PIL import Image
 
 import jobq
 from app.config import Settings
-from tests.helpers import ROOT, api_process, start_worker_process, wait_for
+from tests.helpers import ROOT, api_process, start_worker_process, stop_process, wait_for
 from tests.test_deploy import parse_dockerfile
 
 EXAMPLE = ROOT / "examples" / "thumbnailer"
@@ -103,12 +102,7 @@ def test_api_without_the_example_serves_a_worker_with_it(
                 client.submit("thumbnail", {"source": source.as_uri(), "colour": "red"})
             assert extra.value.field == "payload.colour"
         finally:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait()
+            stop_process(worker, grace=30)
 
 
 def test_example_image_builds_from_the_worker_image_and_compose_runs_it() -> None:

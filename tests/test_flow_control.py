@@ -13,13 +13,14 @@ import pytest
 import jobq
 from app.config import Settings
 from app.tasks.limits import Rate, parse_rate
-from tests.helpers import api_process, job_statuses, start_worker_process, wait_for
-
-
-def _rows(db: Any, sql: str, *args: Any) -> list[Any]:
-    with db.cursor() as cur:
-        cur.execute(sql, args)
-        return list(cur.fetchall())
+from tests.helpers import (
+    api_process,
+    job_statuses,
+    queue_depth,
+    rows,
+    start_worker_process,
+    wait_for,
+)
 
 
 def _submit(api: Any, n: int, task: str = "record", **payload: Any) -> list[str]:
@@ -37,7 +38,7 @@ def _all(db: Any, ids: list[str], status: str) -> bool:
 def _max_overlap(db: Any, ids: list[str]) -> int:
     """The most executions of these jobs ever running at the same instant (from their
     start/end rows in test_executions)."""
-    row = _rows(
+    row = rows(
         db,
         """SELECT max(n) FROM (
                SELECT (SELECT count(*) FROM test_executions o
@@ -89,20 +90,20 @@ def test_concurrency_limit_of_2_is_never_exceeded_by_4_worker_processes(
     api: Any, db: Any, settings: Settings, procs: Any, tmp_path: Path
 ) -> None:
     assert api.patch("/tasks/record/controls", json={"max_concurrency": 2}).status_code == 200
-    (started,) = _rows(db, "SELECT now()")[0]
+    (started,) = rows(db, "SELECT now()")[0]
     for i in range(4):
         procs.append(start_worker_process(settings, tmp_path / f"w{i}.log"))
     # All four poll before the jobs exist (on a loaded machine the first one up took them all).
     live = "SELECT count(*) FROM workers WHERE started_at >= %s AND stopped_at IS NULL"
-    wait_for(lambda: _rows(db, live, started)[0][0] >= 4, timeout=90, what="4 live workers")
+    wait_for(lambda: rows(db, live, started)[0][0] >= 4, timeout=90, what="4 live workers")
     ids = _submit(api, 12, sleep=0.5)
     wait_for(lambda: _all(db, ids, "succeeded"), timeout=120, what="all 12 jobs to succeed")
     assert _max_overlap(db, ids) == 2
     # Held-back deliveries used no attempt and did not count as failures or crashes.
-    counts = _rows(db, "SELECT attempts, failures, crashes FROM jobs WHERE id::text = ANY(%s)", ids)
+    counts = rows(db, "SELECT attempts, failures, crashes FROM jobs WHERE id::text = ANY(%s)", ids)
     assert set(counts) == {(1, 0, 0)}
-    assert len(_rows(db, "SELECT 1 FROM test_executions WHERE job_id::text = ANY(%s)", ids)) == 12
-    workers = _rows(db, "SELECT count(DISTINCT worker_id) FROM jobs WHERE id::text = ANY(%s)", ids)
+    assert len(rows(db, "SELECT 1 FROM test_executions WHERE job_id::text = ANY(%s)", ids)) == 12
+    workers = rows(db, "SELECT count(DISTINCT worker_id) FROM jobs WHERE id::text = ANY(%s)", ids)
     assert workers[0][0] >= 2  # the limit held across processes, not inside one
 
 
@@ -117,13 +118,13 @@ def test_rate_limit_spaces_starts_across_two_workers(
     wait_for(lambda: _all(db, ids, "succeeded"), timeout=60, what="all 5 jobs to succeed")
     starts = sorted(
         r[0]
-        for r in _rows(
+        for r in rows(
             db, "SELECT started_at FROM test_executions WHERE job_id::text = ANY(%s)", ids
         )
     )
     # Tokens refill at 1/s: the 5th start is at least 3 s after the first.
     assert (starts[-1] - starts[0]).total_seconds() >= 2.9
-    assert set(_rows(db, "SELECT attempts FROM jobs WHERE id::text = ANY(%s)", ids)) == {(1,)}
+    assert set(rows(db, "SELECT attempts FROM jobs WHERE id::text = ANY(%s)", ids)) == {(1,)}
 
 
 def _deferred(reason: str) -> float:
@@ -131,11 +132,6 @@ def _deferred(reason: str) -> float:
     from prometheus_client import REGISTRY
 
     return REGISTRY.get_sample_value("jobq_jobs_deferred_total", {"reason": reason}) or 0.0
-
-
-def _delayed_messages(settings: Settings, runtime: Any) -> int:
-    attrs = runtime.sqs.attributes(settings.sqs_queue_url)
-    return int(attrs.get("ApproximateNumberOfMessagesDelayed", 0))
 
 
 def test_paused_task_is_untouched_by_two_workers_until_resumed(
@@ -158,22 +154,22 @@ def test_paused_task_is_untouched_by_two_workers_until_resumed(
         wait_for(lambda: _all(db, other, "succeeded"), timeout=60, what="echo jobs to run")
         # ...and the paused ones were received and put back as delayed fresh messages.
         wait_for(
-            lambda: _delayed_messages(settings, runtime) >= 4,
+            lambda: queue_depth(runtime.sqs, settings.sqs_queue_url)["delayed"] >= 4,
             timeout=30,
             what="the workers to defer the paused jobs",
         )
         assert _all(db, held, "queued")
-        assert _rows(db, "SELECT count(*) FROM test_executions")[0][0] == 0
+        assert rows(db, "SELECT count(*) FROM test_executions")[0][0] == 0
         resumed_at = datetime.now(UTC)
         began = time.monotonic()
         assert api.post("/tasks/record/resume").json()["paused"] is False
         wait_for(lambda: _all(db, held, "succeeded"), timeout=30, what="resumed jobs to run")
         took = time.monotonic() - began
-    starts = _rows(db, "SELECT min(started_at) FROM test_executions")[0][0]
+    starts = rows(db, "SELECT min(started_at) FROM test_executions")[0][0]
     assert starts >= resumed_at
     # The recheck delay (JOBQ_PAUSE_RECHECK_SECONDS, 5 s) bounds how long a resume takes.
     assert took < settings.pause_recheck_seconds + 5
-    counts = _rows(db, "SELECT attempts, redeliveries FROM jobs WHERE id::text = ANY(%s)", held)
+    counts = rows(db, "SELECT attempts, redeliveries FROM jobs WHERE id::text = ANY(%s)", held)
     assert set(counts) == {(1, 0)}
 
 

@@ -8,17 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import wait_for
-
-FINAL = {"succeeded", "failed", "cancelled"}
-
-
-def _final(api: Any, job_id: str, timeout: float = 30) -> dict[str, Any]:
-    return wait_for(
-        lambda: (j := api.get(f"/jobs/{job_id}").json())["status"] in FINAL and j,
-        timeout=timeout,
-        what=f"job {job_id} to finish",
-    )
+from tests.helpers import scalar, wait_for, wait_for_status
 
 
 def _submit(api: Any, task: str, payload: dict[str, Any] | None = None, **options: Any) -> str:
@@ -34,10 +24,10 @@ def test_async_and_sync_handlers_run_side_by_side_in_one_worker(
     async_ids = [_submit(api, "async_echo", {"n": i, "sleep": 0.2}) for i in range(6)]
     sync_ids = [_submit(api, "echo", {"n": i}) for i in range(6)]
     for i, job_id in enumerate(async_ids):
-        done = _final(api, job_id)
+        done = wait_for_status(api, job_id)
         assert done["status"] == "succeeded", done
         assert done["result"] == {"echo": {"n": i, "sleep": 0.2}, "attempt": 1}
-    assert all(_final(api, j)["status"] == "succeeded" for j in sync_ids)
+    assert all(wait_for_status(api, j)["status"] == "succeeded" for j in sync_ids)
 
 
 def test_an_async_timeout_cancels_the_coroutine_for_real(
@@ -45,11 +35,11 @@ def test_an_async_timeout_cancels_the_coroutine_for_real(
 ) -> None:
     worker_factory()
     job_id = _submit(api, "async_hang", max_attempts=1)
-    done = _final(api, job_id)
+    done = wait_for_status(api, job_id)
     assert done["status"] == "failed" and "timed out after 1 s" in done["error"]
     # The coroutine saw asyncio's CancelledError (it stamped finished_at when it did).
     stamped = wait_for(
-        lambda: _one(
+        lambda: scalar(
             db,
             "SELECT count(*) FROM test_executions WHERE job_id = %s AND finished_at IS NOT NULL",
             job_id,
@@ -63,7 +53,7 @@ def test_a_sync_handler_returning_a_coroutine_is_an_error_naming_the_task(
     api: Any, worker_factory: Any
 ) -> None:
     worker_factory()
-    done = _final(api, _submit(api, "odd", {"kind": "coroutine"}))
+    done = wait_for_status(api, _submit(api, "odd", {"kind": "coroutine"}))
     assert done["status"] == "failed" and done["attempts"] == 1
     assert "task 'odd' returned an awaitable" in done["error"]
 
@@ -84,7 +74,7 @@ def test_results_that_are_not_json_fail_permanently_with_a_reason(
     api: Any, worker_factory: Any, kind: str, expected: str
 ) -> None:
     worker_factory()
-    done = _final(api, _submit(api, "odd", {"kind": kind}))
+    done = wait_for_status(api, _submit(api, "odd", {"kind": kind}))
     assert done["status"] == "failed" and done["attempts"] == 1, done
     assert expected in done["error"]
     assert done["result"] is None
@@ -92,7 +82,7 @@ def test_results_that_are_not_json_fail_permanently_with_a_reason(
 
 def test_results_are_encoded_by_the_documented_rule(api: Any, worker_factory: Any) -> None:
     worker_factory()
-    done = _final(api, _submit(api, "odd", {"kind": "encodable"}))
+    done = wait_for_status(api, _submit(api, "odd", {"kind": "encodable"}))
     assert done["result"] == {
         "when": "2026-01-02T03:04:05+00:00",
         "id": "00000000-0000-0000-0000-000000000001",
@@ -105,7 +95,7 @@ def test_failed_attempts_store_a_traceback_and_the_final_failure_is_logged_at_er
     worker_factory()
     caplog.set_level(logging.INFO)
     job_id = _submit(api, "fail", {"message": "upstream said no"}, max_attempts=2)
-    done = _final(api, job_id)
+    done = wait_for_status(api, job_id)
     assert done["status"] == "failed" and done["dead_lettered_at"] is not None
     history = api.get(f"/jobs/{job_id}/attempts").json()
     assert [a["outcome"] for a in history] == ["failed", "failed"]
@@ -131,7 +121,7 @@ def test_odd_exceptions_are_recorded_readably(api: Any, worker_factory: Any) -> 
     }
     ids = {kind: _submit(api, "odd", {"kind": kind}, max_attempts=1) for kind in expected}
     for kind, job_id in ids.items():
-        done = _final(api, job_id)
+        done = wait_for_status(api, job_id)
         assert done["status"] == "failed", done
         assert expected[kind] in done["error"], (kind, done["error"])
 
@@ -139,7 +129,7 @@ def test_odd_exceptions_are_recorded_readably(api: Any, worker_factory: Any) -> 
 def test_retry_series_are_told_apart_in_the_history(api: Any, worker_factory: Any) -> None:
     worker_factory()
     job_id = _submit(api, "permanent")
-    assert _final(api, job_id)["status"] == "failed"
+    assert wait_for_status(api, job_id)["status"] == "failed"
     assert api.post(f"/jobs/{job_id}/retry").status_code == 200
     wait_for(
         lambda: len(api.get(f"/jobs/{job_id}/attempts").json()) == 2,
@@ -153,7 +143,7 @@ def test_retry_series_are_told_apart_in_the_history(api: Any, worker_factory: An
 def test_snooze_runs_again_later_without_using_an_attempt(api: Any, worker_factory: Any) -> None:
     worker_factory()
     job_id = _submit(api, "snoozer", {"times": 3, "seconds": 1}, max_attempts=1)
-    done = _final(api, job_id)
+    done = wait_for_status(api, job_id)
     # Three snoozes and a success, with max_attempts=1: snoozes are not failures.
     assert done["status"] == "succeeded" and done["result"] == {"attempt": 4, "failures": 0}
     outcomes = [a["outcome"] for a in api.get(f"/jobs/{job_id}/attempts").json()]
@@ -166,7 +156,7 @@ def test_retry_with_in_seconds_overrides_the_backoff(
     # The default backoff here would retry within 1 s; the handler asks for 3 s.
     worker_factory()
     job_id = _submit(api, "retry_in", {"seconds": 3})
-    done = _final(api, job_id)
+    done = wait_for_status(api, job_id)
     assert done["status"] == "succeeded" and done["attempts"] == 2
     history = api.get(f"/jobs/{job_id}/attempts").json()
     gap = _seconds_between(history[0]["finished_at"], history[1]["started_at"])
@@ -177,7 +167,7 @@ def test_retry_with_in_seconds_overrides_the_backoff(
 def test_a_task_declares_its_own_retry_policy(api: Any, worker_factory: Any) -> None:
     worker_factory()  # the service default here is 0.5-1 s; the task declares [2.5] and 2
     job_id = _submit(api, "own_policy")
-    done = _final(api, job_id)
+    done = wait_for_status(api, job_id)
     assert done["status"] == "failed" and done["max_attempts"] == 2
     history = api.get(f"/jobs/{job_id}/attempts").json()
     assert 2.5 <= _seconds_between(history[0]["finished_at"], history[1]["started_at"]) < 10
@@ -189,7 +179,7 @@ def test_ten_attempts_with_time_compressed_by_configuration(
     # max_attempts above the queue's maxReceiveCount (4): attempts are jobq's, not SQS's.
     worker_factory(backoff_base_seconds=0.1, backoff_cap_seconds=0.4)
     job_id = _submit(api, "flaky", {"failures": 9}, max_attempts=10)
-    done = _final(api, job_id, timeout=60)
+    done = wait_for_status(api, job_id, timeout=60)
     assert done["status"] == "succeeded" and done["attempts"] == 10 and done["failures"] == 9
 
 
@@ -198,12 +188,6 @@ def test_max_attempts_is_capped_by_the_ceiling_not_by_the_queue(api: Any) -> Non
     assert ok.status_code == 201 and ok.json()["max_attempts"] == 100
     over = api.post("/jobs", json={"task": "echo", "max_attempts": 101})
     assert over.status_code == 422 and over.json()["error"]["field"] == "max_attempts"
-
-
-def _one(db: Any, sql: str, *args: Any) -> Any:
-    with db.cursor() as cur:
-        cur.execute(sql, args)
-        return cur.fetchone()[0]
 
 
 def _seconds_between(a: str, b: str) -> float:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.helpers import start_worker_process, wait_for
+from tests.helpers import free_port, start_worker_process, wait_for
 from tests.test_deploy import load_template
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,12 +114,6 @@ def exported_names(exposition: str) -> set[str]:
     return names
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _scrape(url: str) -> str:
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
@@ -172,7 +165,7 @@ def test_each_cloudwatch_alarm_has_its_prometheus_alert() -> None:
 def test_rules_and_dashboard_use_only_exported_metrics(
     api: Any, settings: Any, tmp_path: Path
 ) -> None:
-    port = _free_port()
+    port = free_port()
     worker = start_worker_process(settings, tmp_path / "worker.log", JOBQ_METRICS_PORT=str(port))
     try:
         worker_text = wait_for(

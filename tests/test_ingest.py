@@ -424,20 +424,15 @@ def test_publisher_reports_lag_only_while_a_backlog_waits() -> None:
 
 
 def test_api_with_several_worker_processes(settings: Any, db: Any, tmp_path: Any) -> None:
-    import contextlib
-    import os
     import signal
-    import socket
     import subprocess
     import sys
 
     import httpx
 
-    from tests.helpers import ROOT, settings_env
+    from tests.helpers import ROOT, free_port, metric_value, settings_env, stop_process
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     log = open(tmp_path / "api.log", "ab")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "api", "--workers", "2"],
@@ -473,22 +468,12 @@ def test_api_with_several_worker_processes(settings: Any, db: Any, tmp_path: Any
         wait_for(all_published, what="every job published by the process that took it")
         for _ in range(5):  # each scrape on a new connection: any process may answer it
             text = httpx.get(url + "/metrics", headers={"Connection": "close"}, timeout=10).text
-            assert _sample(text, 'jobq_jobs_created_total{task="echo"}') == 20, text[:2000]
+            assert metric_value(text, "jobq_jobs_created_total", task="echo") == 20, text[:2000]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:
-        # Killing only the supervisor would orphan the serving processes.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        # The whole group: stopping only the supervisor would orphan the serving processes.
+        stop_process(proc, group=True, grace=0)
         log.close()
     output = (tmp_path / "api.log").read_text()
     assert "Traceback" not in output, output
-
-
-def _sample(text: str, name_and_labels: str) -> float:
-    """One sample's value from Prometheus exposition text (0 when absent)."""
-    for line in text.splitlines():
-        if line.startswith(name_and_labels + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0

@@ -6,8 +6,11 @@ Offline and fast: reads the lock files, pyproject.toml and the installed distrib
   installs the lock), so `make test` tests the locked set;
 * every base dependency in pyproject.toml, and what its extras pull in, is pinned in
   requirements/runtime.lock (what the images install), within the range pyproject.toml allows;
-* runtime.lock and dev.lock agree on every version: the tests run what production runs;
-* both files are hash-locked and name no index, mirror or local path.
+* requirements/local.lock (what `make dev` installs) pins the `local` extra on top of the
+  runtime set, and no test tool;
+* runtime.lock, local.lock and dev.lock agree on every version: the tests run what production
+  and `make dev` run;
+* every lock is hash-locked and names no index, mirror or local path.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from packaging.requirements import Requirement
 ROOT = Path(__file__).resolve().parent.parent
 DEV_LOCK = ROOT / "requirements" / "dev.lock"
 RUNTIME_LOCK = ROOT / "requirements" / "runtime.lock"
+LOCAL_LOCK = ROOT / "requirements" / "local.lock"
 BENCH_REQUIREMENTS = ROOT / "bench" / "requirements.txt"
 
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)", re.MULTILINE)
@@ -128,18 +132,34 @@ def test_runtime_lock_pins_every_base_dependency() -> None:
     assert not problems, f"requirements/runtime.lock vs pyproject.toml: {problems}; make lock"
 
 
-def test_runtime_and_dev_locks_agree() -> None:
-    dev = pins(DEV_LOCK)
+def test_runtime_local_and_dev_locks_agree() -> None:
+    runtime, local, dev = pins(RUNTIME_LOCK), pins(LOCAL_LOCK), pins(DEV_LOCK)
     differ = sorted(
-        f"{k}: runtime {v}, dev {dev.get(k, 'missing')}"
-        for k, v in pins(RUNTIME_LOCK).items()
-        if dev.get(k) != v
+        f"{k}: {name} {v}, {bigger_name} {bigger.get(k, 'missing')}"
+        for name, smaller, bigger_name, bigger in (
+            ("runtime", runtime, "local", local),
+            ("local", local, "dev", dev),
+        )
+        for k, v in smaller.items()
+        if bigger.get(k) != v
     )
-    assert not differ, f"the tests would not run what the images install: {differ}"
+    assert not differ, f"make dev and the tests would not run what the images install: {differ}"
+
+
+def test_local_lock_is_the_dev_server_and_no_test_tool() -> None:
+    local = pins(LOCAL_LOCK)
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    wanted = pyproject["project"]["optional-dependencies"]["local"]
+    missing = [spec for spec in wanted if normalize(Requirement(spec).name) not in local]
+    assert not missing, f"requirements/local.lock lacks {missing}; make lock"
+    tools = {"pytest", "mypy", "ruff", "selenium", "schemathesis", "hypothesis", "cfn-lint"}
+    assert not tools & set(local), (
+        f"make dev would install test tools: {sorted(tools & set(local))}"
+    )
 
 
 def test_locks_are_hashed_and_portable() -> None:
-    for path in (RUNTIME_LOCK, DEV_LOCK):
+    for path in (RUNTIME_LOCK, LOCAL_LOCK, DEV_LOCK):
         text = path.read_text(encoding="utf-8")
         # One block per pin: `name==version \` then its --hash lines.
         for block in re.split(r"\n(?=[A-Za-z0-9])", text):

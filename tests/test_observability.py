@@ -3,23 +3,11 @@
 from __future__ import annotations
 
 import json
-import socket
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import start_worker_process, wait_for
-
-
-def _metric(text: str, name: str, **labels: str) -> float:
-    """The value of one sample in Prometheus exposition text (label order does not matter)."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and sample.labels == labels:
-                return float(sample.value)
-    raise AssertionError(f"{name}{labels} not exposed")
+from tests.helpers import free_port, metric_value, start_worker_process, wait_for
 
 
 def test_api_metrics_count_jobs_http_and_sample_queues(api: Any) -> None:
@@ -27,19 +15,13 @@ def test_api_metrics_count_jobs_http_and_sample_queues(api: Any) -> None:
     api.post("/jobs", json={"task": "nope"})
     api.get("/jobs/not-a-uuid")
     text = api.get("/metrics").text
-    assert _metric(text, "jobq_jobs_created_total", task="echo") >= 1
-    assert (
-        _metric(text, "jobq_http_requests_total", method="POST", route="/jobs", status="201") >= 1
-    )
-    assert (
-        _metric(
-            text, "jobq_http_requests_total", method="GET", route="/jobs/{job_id}", status="422"
-        )
-        >= 1
-    )
+    assert metric_value(text, "jobq_jobs_created_total", task="echo") >= 1
+    http = "jobq_http_requests_total"
+    assert metric_value(text, http, method="POST", route="/jobs", status="201") >= 1
+    assert metric_value(text, http, method="GET", route="/jobs/{job_id}", status="422") >= 1
     assert "jobq_http_request_duration_seconds_bucket" in text
     assert "jobq_queue_depth{" in text and "jobq_dlq_depth " in text
-    assert _metric(text, "jobq_oldest_queued_job_age_seconds") >= 0
+    assert metric_value(text, "jobq_oldest_queued_job_age_seconds") >= 0
 
 
 def test_stats_reports_counts_depths_throughput_and_failures(api: Any, worker_factory: Any) -> None:
@@ -63,16 +45,10 @@ def test_stats_reports_counts_depths_throughput_and_failures(api: Any, worker_fa
     assert all(v is not None for v in stats["queues"].values())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_worker_metrics_and_json_logs_carry_the_trace_id(
     api: Any, settings: Any, procs_dir: Path
 ) -> None:
-    port = _free_port()
+    port = free_port()
     log_path = procs_dir / "worker.log"
     worker = start_worker_process(settings, log_path, JOBQ_METRICS_PORT=str(port))
     try:
@@ -100,11 +76,11 @@ def test_worker_metrics_and_json_logs_carry_the_trace_id(
             lambda: "jobq_jobs_finished_total{" in (t := scrape()) and t,
             what="worker metrics",
         )
-        assert _metric(text, "jobq_jobs_finished_total", task="flaky", status="succeeded") == 1
-        assert _metric(text, "jobq_jobs_retried_total", task="flaky") == 1
-        assert _metric(text, "jobq_job_duration_seconds_count", task="flaky") == 2
-        assert _metric(text, "jobq_job_queue_wait_seconds_count", task="flaky") == 1
-        assert _metric(text, "jobq_jobs_in_flight") == 0
+        assert metric_value(text, "jobq_jobs_finished_total", task="flaky", status="succeeded") == 1
+        assert metric_value(text, "jobq_jobs_retried_total", task="flaky") == 1
+        assert metric_value(text, "jobq_job_duration_seconds_count", task="flaky") == 2
+        assert metric_value(text, "jobq_job_queue_wait_seconds_count", task="flaky") == 1
+        assert metric_value(text, "jobq_jobs_in_flight") == 0
     finally:
         worker.terminate()
         worker.wait(30)

@@ -10,13 +10,7 @@ from app.api.app import create_app
 from app.cli.dev import SqsServer
 from app.outbox.dispatcher import Dispatcher
 from tests.conftest import make_settings
-from tests.helpers import wait_for
-
-
-def _count(db: Any, sql: str) -> int:
-    with db.cursor() as cur:
-        cur.execute(sql)
-        return int(cur.fetchone()[0])
+from tests.helpers import scalar, wait_for
 
 
 def test_jobs_accepted_while_sqs_is_down_are_delivered_when_it_returns(
@@ -37,15 +31,15 @@ def test_jobs_accepted_while_sqs_is_down_are_delivered_when_it_returns(
             assert all(r.status_code == 201 for r in before + during)
             ids = {r.json()["id"] for r in before + during}
             # While SQS is down nothing is lost: every accepted job is a queued row.
-            assert _count(db, "SELECT count(*) FROM jobs WHERE status = 'queued'") == 15
+            assert scalar(db, "SELECT count(*) FROM jobs WHERE status = 'queued'") == 15
             server = SqsServer(port=server.port).start()
             worker_factory(settings)
 
             def all_succeeded() -> bool:
-                return _count(db, "SELECT count(*) FROM jobs WHERE status = 'succeeded'") == 15
+                return scalar(db, "SELECT count(*) FROM jobs WHERE status = 'succeeded'") == 15
 
             wait_for(all_succeeded, timeout=60, what="every job to succeed after SQS came back")
-            assert _count(db, "SELECT count(*) FROM jobs WHERE published_at IS NULL") == 0
+            assert scalar(db, "SELECT count(*) FROM jobs WHERE published_at IS NULL") == 0
             assert {j["id"] for j in api.get("/jobs", params={"limit": 50}).json()["items"]} == ids
     finally:
         server.stop()
@@ -66,7 +60,7 @@ def test_dispatcher_publishes_only_overdue_unconfirmed_jobs(
     dispatcher = Dispatcher(runtime.sqs, runtime.sessions, after_seconds=30, interval_seconds=1)
     assert dispatcher.run_once() == 25
     assert dispatcher.run_once() == 0  # confirmed rows are not sent again
-    assert _count(db, "SELECT count(*) FROM jobs WHERE published_at IS NULL") == 1
+    assert scalar(db, "SELECT count(*) FROM jobs WHERE published_at IS NULL") == 1
     attrs = runtime.sqs.attributes()
     assert int(attrs["ApproximateNumberOfMessages"]) == 25
 

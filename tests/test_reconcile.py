@@ -3,10 +3,8 @@ sent again by the reconciler, one process at a time, and still finishes."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -21,7 +19,7 @@ from app.maintenance import leader
 from app.maintenance.reconciler import Reconciler
 from app.sqs.queue import Outgoing
 from tests.conftest import make_settings
-from tests.helpers import ROOT, delete_messages, free_port, job_statuses, wait_for
+from tests.helpers import ROOT, delete_messages, free_port, job_statuses, stop_process, wait_for
 
 # Fast settings: a job counts as drifted 5 s (visibility) + 0.5 s (margin) after it was due.
 FAST = {
@@ -253,16 +251,6 @@ def _dev(env: dict[str, str], log: Any) -> subprocess.Popen[bytes]:
     )
 
 
-def _stop_dev(proc: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(10)
-
-
 def test_make_dev_restart_loses_the_queue_but_not_the_jobs(
     db: Any, database_url: str, tmp_path: Any
 ) -> None:
@@ -303,7 +291,7 @@ def test_make_dev_restart_loses_the_queue_but_not_the_jobs(
             ids = [i["job"]["id"] for i in resp.json()["items"]]
             wait_for(lambda: "succeeded" in job_statuses(db, ids).values(), timeout=30)
         finally:
-            _stop_dev(first)
+            stop_process(first, grace=60, group=True)
         waiting = [j for j, s in job_statuses(db, ids).items() if s in ("queued", "retrying")]
         assert len(waiting) >= 2, job_statuses(db, ids)  # their messages died with the server
         second = _dev(env, log)
@@ -320,5 +308,5 @@ def test_make_dev_restart_loses_the_queue_but_not_the_jobs(
                 " after the restarted API answered"
             )
         finally:
-            _stop_dev(second)
+            stop_process(second, grace=60, group=True)
     assert "re-sent" in (tmp_path / "dev.log").read_text(errors="replace")

@@ -16,7 +16,7 @@ from app.runtime import Runtime
 from app.schedules.rules import Rule
 from app.schedules.service import sync_code_schedules
 from app.schedules.ticker import Ticker
-from tests.helpers import api_process, start_worker_process, wait_for
+from tests.helpers import api_process, rows, start_worker_process, wait_for
 
 BERLIN = "Europe/Berlin"
 
@@ -91,13 +91,12 @@ def _overdue(db: Any, name: str, minutes: float) -> None:
 
 
 def _jobs_of(db: Any, name: str) -> list[tuple[Any, ...]]:
-    with db.cursor() as cur:
-        cur.execute(
-            "SELECT j.schedule_tick, j.status FROM jobs j JOIN schedules s"
-            " ON s.id = j.schedule_id WHERE s.name = %s ORDER BY 1",
-            (name,),
-        )
-        return list(cur.fetchall())
+    return rows(
+        db,
+        "SELECT j.schedule_tick, j.status FROM jobs j JOIN schedules s"
+        " ON s.id = j.schedule_id WHERE s.name = %s ORDER BY 1",
+        name,
+    )
 
 
 def _ticker(runtime: Runtime) -> Ticker:

@@ -6,47 +6,29 @@ import uuid
 from typing import Any
 
 from app.sqs.queue import Outgoing
-from tests.helpers import wait_for
+from tests.helpers import queue_is_empty, rows, wait_for, wait_for_status
 
 
 def _job(api: Any, job_id: str) -> dict[str, Any]:
     return api.get(f"/jobs/{job_id}").json()
 
 
-def _wait_status(api: Any, job_id: str, *statuses: str, timeout: float = 30) -> dict[str, Any]:
-    return wait_for(
-        lambda: (j := _job(api, job_id))["status"] in statuses and j,
-        timeout=timeout,
-        what=f"job {job_id} to reach {statuses}",
-    )
-
-
-def _executions(db: Any, job_id: str) -> list[tuple[int, Any, Any]]:
-    with db.cursor() as cur:
-        cur.execute(
-            "SELECT attempt, started_at, finished_at FROM test_executions WHERE job_id = %s"
-            " ORDER BY id",
-            (job_id,),
-        )
-        return list(cur.fetchall())
-
-
-def _queue_empty(sqs: Any, url: str | None = None) -> bool:
-    attrs = sqs.attributes(url)
-    return (
-        int(attrs["ApproximateNumberOfMessages"]) == 0
-        and int(attrs["ApproximateNumberOfMessagesNotVisible"]) == 0
-        and int(attrs.get("ApproximateNumberOfMessagesDelayed", 0)) == 0
+def _executions(db: Any, job_id: str) -> list[tuple[Any, ...]]:
+    return rows(
+        db,
+        "SELECT attempt, started_at, finished_at FROM test_executions WHERE job_id = %s"
+        " ORDER BY id",
+        job_id,
     )
 
 
 def test_echo_succeeds_and_message_is_deleted(api: Any, worker_factory: Any, runtime: Any) -> None:
     worker_factory()
     job = api.post("/jobs", json={"task": "echo", "payload": {"x": 1}}).json()
-    done = _wait_status(api, job["id"], "succeeded")
+    done = wait_for_status(api, job["id"], "succeeded")
     assert done["result"] == {"x": 1} and done["attempts"] == 1 and done["error"] is None
     assert done["started_at"] and done["finished_at"] >= done["started_at"]
-    wait_for(lambda: _queue_empty(runtime.sqs), what="message deleted")
+    wait_for(lambda: queue_is_empty(runtime.sqs), what="message deleted")
     attempts = api.get(f"/jobs/{job['id']}/attempts").json()
     assert [(a["attempt"], a["outcome"]) for a in attempts] == [(1, "succeeded")]
 
@@ -54,7 +36,7 @@ def test_echo_succeeds_and_message_is_deleted(api: Any, worker_factory: Any, run
 def test_flaky_retries_then_succeeds_with_error_history(api: Any, worker_factory: Any) -> None:
     worker_factory()
     job = api.post("/jobs", json={"task": "flaky", "payload": {"failures": 2}}).json()
-    done = _wait_status(api, job["id"], "succeeded", "failed")
+    done = wait_for_status(api, job["id"], "succeeded", "failed")
     assert done["status"] == "succeeded" and done["attempts"] == 3
     assert done["result"] == {"attempt": 3}
     history = api.get(f"/jobs/{job['id']}/attempts").json()
@@ -68,7 +50,7 @@ def test_fail_ends_failed_and_dead_lettered(
 ) -> None:
     worker_factory()
     job = api.post("/jobs", json={"task": "fail", "payload": {"message": "boom"}}).json()
-    done = _wait_status(api, job["id"], "failed")
+    done = wait_for_status(api, job["id"], "failed")
     assert done["attempts"] == 3 and "boom" in done["error"]
     history = api.get(f"/jobs/{job['id']}/attempts").json()
     assert [h["outcome"] for h in history] == ["failed"] * 3
@@ -81,22 +63,22 @@ def test_fail_ends_failed_and_dead_lettered(
     # Attempts used up: failed and dead-lettered by jobq at once; its message is deleted (the
     # SQS DLQ is only for messages that keep crashing workers).
     assert dead_lettered() and done["failures"] == 3
-    wait_for(lambda: _queue_empty(runtime.sqs), what="main queue drained")
-    assert _queue_empty(runtime.sqs, runtime.sqs.dlq_url)
+    wait_for(lambda: queue_is_empty(runtime.sqs), what="main queue drained")
+    assert queue_is_empty(runtime.sqs, runtime.sqs.dlq_url)
 
 
 def test_permanent_error_fails_at_once(api: Any, worker_factory: Any, runtime: Any) -> None:
     worker_factory()
     job = api.post("/jobs", json={"task": "permanent"}).json()
-    done = _wait_status(api, job["id"], "failed")
+    done = wait_for_status(api, job["id"], "failed")
     assert done["attempts"] == 1 and "can never work" in done["error"]
-    wait_for(lambda: _queue_empty(runtime.sqs), what="message deleted")
+    wait_for(lambda: queue_is_empty(runtime.sqs), what="message deleted")
 
 
 def test_timeout_is_a_retryable_failure(api: Any, worker_factory: Any) -> None:
     worker_factory()
     job = api.post("/jobs", json={"task": "hang"}).json()
-    done = _wait_status(api, job["id"], "failed", timeout=60)
+    done = wait_for_status(api, job["id"], "failed", timeout=60)
     history = api.get(f"/jobs/{job['id']}/attempts").json()
     assert [h["outcome"] for h in history] == ["timed_out"] * 3
     assert "timed out after 1 s" in done["error"]
@@ -111,8 +93,8 @@ def test_duplicate_delivery_runs_handler_once(
     runtime.sqs.send_batch([Outgoing(job_id), Outgoing(job_id)])
     worker_factory()
     worker_factory()
-    _wait_status(api, job["id"], "succeeded")
-    wait_for(lambda: _queue_empty(runtime.sqs), timeout=40, what="duplicates drained")
+    wait_for_status(api, job["id"], "succeeded")
+    wait_for(lambda: queue_is_empty(runtime.sqs), timeout=40, what="duplicates drained")
     assert len(_executions(db, job["id"])) == 1
     assert _job(api, job["id"])["attempts"] == 1
 
@@ -121,7 +103,7 @@ def test_message_for_unknown_job_is_deleted(worker_factory: Any, runtime: Any) -
     runtime.sqs.send_batch([Outgoing(uuid.uuid4())])
     runtime.sqs.client.send_message(QueueUrl=runtime.sqs.url, MessageBody="not json")
     worker_factory()
-    wait_for(lambda: _queue_empty(runtime.sqs), what="foreign messages deleted")
+    wait_for(lambda: queue_is_empty(runtime.sqs), what="foreign messages deleted")
 
 
 def test_many_jobs_over_two_workers_each_run_once(
@@ -156,12 +138,12 @@ def test_worker_survives_sqs_outage(db: Any, database_url: str, worker_factory: 
         worker = worker_factory(settings)
         with TestClient(create_app(settings)) as api:
             first = api.post("/jobs", json={"task": "echo"}).json()
-            _wait_status(api, first["id"], "succeeded")
+            wait_for_status(api, first["id"], "succeeded")
             server.stop()
             during = api.post("/jobs", json={"task": "echo"}).json()
             assert during["status"] == "queued"
             server = SqsServer(port=server.port).start()
-            _wait_status(api, during["id"], "succeeded", timeout=60)
+            wait_for_status(api, during["id"], "succeeded", timeout=60)
         assert worker.consumer.alive()
     finally:
         server.stop()
@@ -172,7 +154,7 @@ def test_worker_survives_database_connections_being_killed(
 ) -> None:
     worker_factory()
     first = api.post("/jobs", json={"task": "echo"}).json()
-    _wait_status(api, first["id"], "succeeded")
+    wait_for_status(api, first["id"], "succeeded")
     with db.cursor() as cur:
         cur.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
@@ -181,7 +163,7 @@ def test_worker_survives_database_connections_being_killed(
         assert cur.rowcount >= 1
     ids = [api.post("/jobs", json={"task": "echo"}).json()["id"] for _ in range(3)]
     for job_id in ids:
-        _wait_status(api, job_id, "succeeded")
+        wait_for_status(api, job_id, "succeeded")
 
 
 def test_job_longer_than_visibility_timeout_is_not_redelivered(
@@ -199,7 +181,7 @@ def test_job_longer_than_visibility_timeout_is_not_redelivered(
     worker_factory(settings)
     with TestClient(create_app(settings)) as api:
         job = api.post("/jobs", json={"task": "record", "payload": {"sleep": 9}}).json()
-        done = _wait_status(api, job["id"], "succeeded", timeout=40)
+        done = wait_for_status(api, job["id"], "succeeded", timeout=40)
     # Nearly twice the visibility timeout, yet one execution and one attempt: heartbeats held it.
     assert done["attempts"] == 1
     assert len(_executions(db, job["id"])) == 1

@@ -13,16 +13,12 @@ from sqlalchemy.engine import make_url
 
 from app.config import Settings
 from app.sqs.queue import Message
-from tests.helpers import job_statuses, run_echo_job, wait_for
+from tests.helpers import job_statuses, queue_depth, run_echo_job, wait_for
 from worker.inflight import InFlight
 
 
 def _message(i: int) -> Message:
     return Message(uuid.uuid4(), f"rh-{i}-{uuid.uuid4().hex}", str(i), 1, None, "q")
-
-
-def _queued(sqs: Any) -> int:
-    return int(sqs.attributes()["ApproximateNumberOfMessages"])
 
 
 def _delays(db: Any, ids: list[str], interval: str = "finished_at - created_at") -> list[float]:
@@ -95,7 +91,7 @@ def test_a_busy_worker_receives_and_deletes_full_batches(
     worker = worker_factory(
         settings, run=False, worker_concurrency=10, worker_pollers=1, batch_linger_ms=1000
     )
-    wait_for(lambda: _queued(worker.sqs) == 30, what="all 30 messages queued")
+    wait_for(lambda: queue_depth(worker.sqs)["visible"] == 30, what="all 30 messages queued")
     sizes: list[int] = []
     deletes: list[int] = []
     receive, delete_batch = worker.sqs.receive, worker.sqs.delete_batch

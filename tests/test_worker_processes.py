@@ -9,13 +9,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import make_settings
-from tests.helpers import start_worker_process, wait_for
-
-
-def _one(db: Any, sql: str, *args: Any) -> Any:
-    with db.cursor() as cur:
-        cur.execute(sql, args)
-        return cur.fetchone()[0]
+from tests.helpers import scalar, start_worker_process, wait_for
 
 
 @pytest.fixture
@@ -38,7 +32,7 @@ def test_sigkilled_worker_job_completes_in_another_worker(
     with TestClient(create_app(short_visibility)) as api:
         job = api.post("/jobs", json={"task": "record", "payload": {"sleep": 30}}).json()
         wait_for(
-            lambda: _one(db, "SELECT count(*) FROM test_executions WHERE job_id = %s", job["id"]),
+            lambda: scalar(db, "SELECT count(*) FROM test_executions WHERE job_id = %s", job["id"]),
             what="the first worker to start the job",
         )
         first.send_signal(signal.SIGKILL)
@@ -71,7 +65,7 @@ def test_sigterm_lets_running_job_finish_and_exits_zero(
     assert worker.wait(30) == 0, (tmp_path / "w.log").read_text()
     final = api.get(f"/jobs/{job['id']}").json()
     assert final["status"] == "succeeded" and final["result"] == {"slept": 3}
-    assert _one(db, "SELECT count(*) FROM jobs WHERE status = 'running'") == 0
+    assert scalar(db, "SELECT count(*) FROM jobs WHERE status = 'running'") == 0
 
 
 def test_sigterm_past_grace_releases_job_for_another_worker(
@@ -113,7 +107,7 @@ def test_sigterm_during_a_non_cooperative_job_exits_within_the_grace_and_never_o
         # 40 s of work that ignores ctx.cancelled (it records its run in test_executions).
         job = api.post("/jobs", json={"task": "stubborn", "payload": {"seconds": 40}}).json()
         wait_for(
-            lambda: _one(db, "SELECT count(*) FROM test_executions WHERE job_id = %s", job["id"]),
+            lambda: scalar(db, "SELECT count(*) FROM test_executions WHERE job_id = %s", job["id"]),
             what="the first worker to start the job",
         )
         procs.append(start_worker_process(settings, tmp_path / "w2.log"))  # idle, waiting
@@ -122,7 +116,7 @@ def test_sigterm_during_a_non_cooperative_job_exits_within_the_grace_and_never_o
         assert first.wait(30) == 0
         exited = time.monotonic()
         assert exited - signalled < 4 + 2  # the grace, whatever the handler does
-        first_gone_at = _one(db, "SELECT now()")
+        first_gone_at = scalar(db, "SELECT now()")
         with db.cursor() as cur:
             cur.execute("UPDATE jobs SET payload = '{\"seconds\": 0}' WHERE id = %s", (job["id"],))
         done = wait_for(
@@ -163,7 +157,7 @@ def test_poison_job_among_ordinary_jobs_is_the_only_one_that_fails(
         def keep_a_worker_alive() -> bool:
             if all(p.poll() is not None for p in procs):
                 procs.append(start_worker_process(short_visibility, tmp_path / "w.log"))
-            return _one(
+            return scalar(
                 db,
                 "SELECT count(*) FROM jobs WHERE id::text = ANY(%s)"
                 " AND status IN ('succeeded', 'failed')",
@@ -198,14 +192,14 @@ def test_500_jobs_over_two_worker_processes_run_exactly_once(
         for _ in range(500):
             assert api.post("/jobs", json={"task": "record"}).status_code == 201
         wait_for(
-            lambda: _one(db, "SELECT count(*) FROM jobs WHERE status = 'succeeded'") == 500,
+            lambda: scalar(db, "SELECT count(*) FROM jobs WHERE status = 'succeeded'") == 500,
             timeout=240,
             interval=0.5,
             what="500 jobs to succeed",
         )
-    assert _one(db, "SELECT count(*) FROM test_executions") == 500
-    assert _one(db, "SELECT count(DISTINCT pid) FROM test_executions") == 2
-    assert _one(db, "SELECT max(attempts) FROM jobs") == 1
+    assert scalar(db, "SELECT count(*) FROM test_executions") == 500
+    assert scalar(db, "SELECT count(DISTINCT pid) FROM test_executions") == 2
+    assert scalar(db, "SELECT max(attempts) FROM jobs") == 1
 
 
 def test_worker_started_while_sqs_is_down_waits_for_it(

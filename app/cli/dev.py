@@ -6,6 +6,7 @@ Also the embedded PostgreSQL (pgserver) and in-process SQS server (moto) the tes
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -16,11 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.engine import make_url
+
 from app.config import Settings
 from app.db import masked_url
 from app.errors import JobqError
 from app.migrate import upgrade
 from app.sqs.queue import ensure_queues, make_sqs_client
+from jobq._core import DEFAULT_URL as DEFAULT_API_URL
 
 DEV_DLQ = "jobq-dlq"
 # The crash-loop guard, as in infra/jobq.yaml; attempts are counted by jobq, not by SQS.
@@ -81,24 +85,88 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     return True
 
 
-def _banner(env: dict[str, str], settings: Settings, embedded: list[str]) -> str:
-    api = f"http://{settings.host}:{settings.port}"
+def pasteable_url(url: str) -> str:
+    """The database URL to show: as is when it has no password (pgserver's has an empty one,
+    which masking would turn into a `***` nobody can paste), else with the password masked."""
+    try:
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 - a malformed URL must still never leak
+        return masked_url(url)
+    return masked_url(url) if parsed.password else url
+
+
+def http_url(host: str, port: int) -> str:
+    """The http:// address a client on this machine uses for a server bound to host:port."""
+    if host in ("", "0.0.0.0", "::"):  # bound to every address: loopback reaches it
+        host = "127.0.0.1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+# What `jobq dev` may set for its children that the CLI in another shell needs as well: the
+# database (`jobq keys`, `jobq dlq`), the queues and their credentials (`jobq dlq redrive`).
+CLI_VARIABLES = (
+    "DATABASE_URL",
+    "SQS_ENDPOINT_URL",
+    "SQS_QUEUE_URL",
+    "SQS_HIGH_QUEUE_URL",
+    "SQS_LOW_QUEUE_URL",
+    "SQS_DLQ_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+)
+
+
+def cli_exports(env: dict[str, str], settings: Settings, inherited: dict[str, str]) -> list[str]:
+    """Shell lines that point `jobq dlq|keys|submit|...` in another terminal at this stack:
+    what `jobq dev` set itself (not what it `inherited` from the user's environment)."""
+    lines = []
+    for name in CLI_VARIABLES:
+        value = env.get(name)
+        if not value or inherited.get(name) == value:
+            continue
+        if name == "DATABASE_URL" and pasteable_url(value) != value:
+            continue  # never print a password
+        lines.append(f"export {name}={shlex.quote(value)}")
+    api = http_url(settings.host, settings.port)
+    if api != DEFAULT_API_URL:  # the CLI and jobq.Client default to it
+        lines.append(f"export JOBQ_API_URL={shlex.quote(api)}")
+    return lines
+
+
+def banner(
+    env: dict[str, str], settings: Settings, embedded: list[str], inherited: dict[str, str]
+) -> str:
+    """What `jobq dev` prints once the API answers (`inherited`: the user's environment)."""
+    api = http_url(settings.host, settings.port)
+    metrics = (
+        http_url(settings.host, settings.metrics_port) + "/metrics"
+        if settings.metrics_port
+        else "off (JOBQ_METRICS_PORT=0)"
+    )
     lines = [
         "",
-        "jobq dev is running (Ctrl-C stops everything)",
-        f"  API       {api}",
-        f"  API docs  {api}/docs",
-        f"  readiness {api}/readyz",
-        f"  database  {masked_url(env['DATABASE_URL'])}",
-        f"  SQS       {env.get('SQS_ENDPOINT_URL') or 'AWS'}  queue {env['SQS_QUEUE_URL']}",
-        f"  embedded  {', '.join(embedded) or 'nothing (using the configured services)'}",
-        "  auth      "
+        "jobq dev is running (Ctrl-C stops everything; a second Ctrl-C at once)",
+        f"  API        {api}",
+        f"  dashboard  {api}/dashboard",
+        f"  API docs   {api}/docs",
+        f"  readiness  {api}/readyz",
+        f"  metrics    {api}/metrics (API), {metrics} (worker)",
+        f"  database   {pasteable_url(env['DATABASE_URL'])}",
+        f"  SQS        {env.get('SQS_ENDPOINT_URL') or 'AWS'}  queue {env['SQS_QUEUE_URL']}",
+        f"  embedded   {', '.join(embedded) or 'nothing (using the configured services)'}",
+        "  auth       "
         + (
             "OFF (JOBQ_AUTH=disabled): anyone who can reach the port may submit jobs"
             if env.get("JOBQ_AUTH") == "disabled"
             else "API keys required (JOBQ_API_KEYS / jobq keys)"
         ),
-        f"  try:      curl -s -XPOST {api}/jobs -H 'content-type: application/json' "
+    ]
+    exports = cli_exports(env, settings, inherited)
+    if exports:
+        lines.append("  CLI        in another shell, for jobq dlq, jobq keys, jobq submit, ...:")
+        lines.extend(f"               {line}" for line in exports)
+    lines += [
+        f"  try:       curl -s -XPOST {api}/jobs -H 'content-type: application/json' "
         '-d \'{"task":"echo","payload":{"hi":1}}\'',
         "",
     ]
@@ -114,7 +182,7 @@ def _prepare(
     if not settings.database_url:
         url, pg = start_postgres(data_dir / "pg")
         handles.append(pg)
-        embedded.append("PostgreSQL (pgserver, data in .jobq/pg)")
+        embedded.append(f"PostgreSQL (pgserver, data in {data_dir / 'pg'})")
         env["DATABASE_URL"] = url
     if not settings.sqs_queue_url:
         port = int(os.environ.get("JOBQ_DEV_SQS_PORT", "9324"))
@@ -164,12 +232,77 @@ def _stop(handles: list[Any]) -> None:
             print(f"jobq dev: stopping {handle!r} failed: {exc}", file=sys.stderr)
 
 
+class StopRequests:
+    """Ctrl-C (or SIGTERM) handling: the first asks for a graceful stop, the second forces it."""
+
+    def __init__(self, grace_seconds: float) -> None:
+        self.stop = threading.Event()
+        self.force = threading.Event()
+        self.grace_seconds = grace_seconds
+
+    def __call__(self, *_: object) -> None:
+        """The signal handler."""
+        if self.stop.is_set():
+            self.force.set()
+            print("jobq dev: forcing the stop", file=sys.stderr, flush=True)
+            return
+        self.stop.set()
+        print(
+            f"jobq dev: stopping (running jobs get up to {self.grace_seconds:g} s; "
+            "Ctrl-C again to stop at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def reap(
+    children: list[subprocess.Popen[bytes]], grace_seconds: float, force: threading.Event
+) -> None:
+    """SIGTERM the children, wait out their grace, and SIGKILL whoever is left then, or as soon
+    as `force` is set."""
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_seconds
+    while any(c.poll() is None for c in children):
+        if force.wait(0.1) or time.monotonic() > deadline:
+            break
+    for child in children:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
+def _api_answers(
+    api: str, children: list[subprocess.Popen[bytes]], stop: threading.Event, timeout: float = 120
+) -> bool:
+    """Wait until the API answers /healthz, so the banner's addresses work when it shows; False
+    if a child died, a stop was asked for or the API never came up."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while not stop.wait(0.2):
+        if any(c.poll() is not None for c in children):
+            print("jobq dev: a child exited while starting; stopping", file=sys.stderr)
+            return False
+        try:
+            if httpx.get(f"{api}/healthz", timeout=2, trust_env=False).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass  # not listening yet
+        if time.monotonic() > deadline:
+            print(f"jobq dev: the API did not answer on {api} in {timeout:g} s", file=sys.stderr)
+            return False
+    return False
+
+
 def run_dev(settings: Settings) -> int:
     """Run until Ctrl-C; return non-zero if a child process died on its own."""
     data_dir = Path(os.environ.get("JOBQ_DEV_DIR", ".jobq")).resolve()
-    stop = threading.Event()
+    inherited = dict(os.environ)  # before the SQS server sets its stand-in credentials
+    requests = StopRequests(settings.shutdown_grace_seconds)
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, requests)
     children: list[subprocess.Popen[bytes]] = []
     handles: list[Any] = []
     try:
@@ -177,8 +310,10 @@ def run_dev(settings: Settings) -> int:
         upgrade(env["DATABASE_URL"])
         for command in ("api", "worker"):
             children.append(subprocess.Popen([sys.executable, "-m", "app.cli", command], env=env))
-        print(_banner(env, settings, embedded), flush=True)
-        while not stop.wait(0.5):
+        if not _api_answers(http_url(settings.host, settings.port), children, requests.stop):
+            return 0 if requests.stop.is_set() else 1
+        print(banner(env, settings, embedded, inherited), flush=True)
+        while not requests.stop.wait(0.5):
             dead = [c for c in children if c.poll() is not None]
             if dead:
                 print(
@@ -187,14 +322,7 @@ def run_dev(settings: Settings) -> int:
                 return 1
         return 0
     finally:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + settings.shutdown_grace_seconds + 5
-        for child in children:
-            try:
-                child.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                child.kill()
+        # The children's own grace, plus time to start up and stop their loops.
+        reap(children, settings.shutdown_grace_seconds + 5, requests.force)
         _stop(handles)
         print("jobq dev: stopped", flush=True)
