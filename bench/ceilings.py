@@ -8,9 +8,10 @@ run time only lower it):
   receive  = P · min(10, C/P) / (S + T)              a poller: ReceiveMessage, then the claim
   complete = B / (T + ceil(B/10)·S / F)              the completer: one UPDATE for a batch of B
              -> B = 100: 100 / (T + 10·S/F)          then ceil(B/10) DeleteMessageBatch, F at once
-  slots    = C / (2·S + 2·T + L)                     a slot is held from the receive to the
-                                                     delete; L = JOBQ_BATCH_LINGER_MS, how long
-                                                     the completer waits to fill a batch
+  slots    = C / (2·S + 2·T)                         a slot is held at least from the receive
+                                                     to the delete (the completer's batch fill,
+                                                     <= JOBQ_BATCH_LINGER_MS, and its one batch
+                                                     at a time cycle T + S come on top)
 
 API: `POST /jobs` with N clients is bound by N / (HTTP + group commit T) per request; the
 publisher by publish_threads · 10 / S messages per second.
@@ -59,7 +60,7 @@ def worker_ceiling(
         "complete": b / (t + math.ceil(b / 10) * s / pattern.deletes_in_flight)
         if s + t
         else math.inf,
-        "slots": concurrency / (2 * s + 2 * t + pattern.linger_s) if s + t else math.inf,
+        "slots": concurrency / (2 * s + 2 * t) if s + t else math.inf,
     }
     bound = min(loops, key=lambda k: loops[k])
     return {

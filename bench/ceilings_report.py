@@ -140,3 +140,27 @@ def render_ceilings(results: dict[str, Any]) -> str:
     )
     lines.append(f"  load average (1 min) after each phase: {loads}")
     return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    """Re-render the section of a latest.json with today's formula: ceilings_report.py FILE."""
+    import json
+    from pathlib import Path
+
+    if len(argv) != 1:
+        print("usage: ceilings_report.py bench/results/latest.json")
+        return 2
+    results = json.loads(Path(argv[0]).read_text())
+    net = results.get("network") or {}
+    results["ceilings"] = ceilings_of(
+        results, Rtt(net.get("sqs_rtt_ms", 0), net.get("pg_rtt_ms", 0))
+    )
+    print(render_ceilings(results))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
+    sys.exit(main(sys.argv[1:]))

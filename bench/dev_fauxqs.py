@@ -12,6 +12,7 @@ creates the dev queues on it and runs `jobq dev` with SQS_QUEUE_URL & co pointin
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -24,6 +25,8 @@ def main(argv: list[str]) -> int:
     from app.config import Settings
     from app.sqs.queue import ensure_queues, make_sqs_client
 
+    # SIGTERM (like Ctrl-C) runs the finally below: fauxqs is stopped with us.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "test")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "test")
     stack = Stack(keep_logs=False)
@@ -44,7 +47,13 @@ def main(argv: list[str]) -> int:
             SQS_DLQ_URL=dlq,
         )
         print(f"fauxqs on {endpoint} (instead of moto)", flush=True)
-        return subprocess.call(jobq_command("dev", *argv), env=env)
+        dev = subprocess.Popen(jobq_command("dev", *argv), env=env)
+        try:
+            return dev.wait()
+        finally:
+            if dev.poll() is None:  # we were stopped: `jobq dev` stops its API, worker, PG
+                dev.send_signal(signal.SIGINT)
+                dev.wait(30)
     finally:
         stack.close()
 

@@ -102,17 +102,22 @@ def window_stats(bench: Bench, t0: float, t1: float) -> dict[str, Any]:
         cur.execute(
             """SELECT count(*),
                       percentile_cont(0.5) WITHIN GROUP (ORDER BY finished_at - created_at),
-                      percentile_cont(0.99) WITHIN GROUP (ORDER BY finished_at - created_at)
+                      percentile_cont(0.99) WITHIN GROUP (ORDER BY finished_at - created_at),
+                      percentile_cont(0.5) WITHIN GROUP (ORDER BY finished_at - started_at)
                FROM jobs
                WHERE status = 'succeeded'
                  AND finished_at >= to_timestamp(%s) AND finished_at < to_timestamp(%s)""",
             (t0, t1),
         )
-        n, p50, p99 = cur.fetchone()
+        n, p50, p99, claim_to_write = cur.fetchone()
     return {
         "jobs": n,
         "window_s": t1 - t0,
         "jobs_per_s": n / (t1 - t0),
         "created_to_done_p50_ms": p50.total_seconds() * 1000 if p50 else 0.0,
         "created_to_done_p99_ms": p99.total_seconds() * 1000 if p99 else 0.0,
+        # Claim -> the completer's write: the handler, the batch fill and the completer's queue.
+        "started_to_finished_p50_ms": claim_to_write.total_seconds() * 1000
+        if claim_to_write
+        else None,
     }
