@@ -88,7 +88,9 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(16, ge=1, le=256)
     # Receive loops per worker: one's ReceiveMessage is in flight while another's batch is
     # claimed; together they never hold more messages than free slots (slots are reserved).
-    worker_pollers: int = Field(2, ge=1, le=16)
+    # 0: one per 10 slots (2-8), so receives of 10 per RTT keep the slots busy even when SQS
+    # is 20 ms away (docs/benchmarks.md); each poller holds a PostgreSQL connection.
+    worker_pollers: int = Field(0, ge=0, le=16)
     # A busy worker waits up to this long to fill a batch of 10: free slots before a receive,
     # finished jobs before their delete. An idle worker (a lone job) never waits.
     batch_linger_ms: float = Field(20.0, ge=0, le=1000)
@@ -149,6 +151,9 @@ class Settings(BaseSettings):
 
     # Timeouts of every call to a dependency (docs/operations-limits.md).
     sqs_connect_timeout_seconds: float = Field(3.0, gt=0, le=60)
+    # Batch calls one send/delete/visibility change of many messages makes at once (10 per
+    # call): the completer's 100 deletes take one SQS round trip instead of ten.
+    sqs_calls_in_flight: int = Field(10, ge=1, le=32)
     # The API's SQS calls (sends); the worker's long polls wait for sqs_wait_seconds more.
     sqs_read_timeout_seconds: float = Field(10.0, gt=0, le=120)
     db_connect_timeout_seconds: int = Field(5, ge=1, le=60)
@@ -220,6 +225,11 @@ class Settings(BaseSettings):
     def reconcile_after_seconds(self) -> float:
         """How long past its due time a job waits for a delivery before it is re-sent."""
         return self.visibility_timeout_seconds + self.reconcile_margin_seconds
+
+    @property
+    def effective_pollers(self) -> int:
+        """Receive loops: as set, or (0) one per 10 slots, at least 2 and at most 8."""
+        return self.worker_pollers or min(8, max(2, self.worker_concurrency // 10))
 
     @property
     def effective_heartbeat_seconds(self) -> float:

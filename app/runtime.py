@@ -63,6 +63,7 @@ def build_runtime(
             settings.sqs_dlq_url,
             settings.queue_urls,
             settings.named_queue_urls,
+            calls_in_flight=settings.sqs_calls_in_flight,
         ),
         registry=REGISTRY,
     )

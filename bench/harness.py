@@ -179,7 +179,7 @@ class Bench:
     def reset_jobs(self) -> None:
         """Empty the jobs tables (every phase starts from none)."""
         with self.cursor() as cur:
-            cur.execute("TRUNCATE jobs, job_attempts")
+            cur.execute("TRUNCATE jobs, job_attempts CASCADE")  # and what references jobs
 
     def unpublished(self) -> int:
         """Jobs committed but not yet confirmed sent to SQS."""
@@ -214,7 +214,8 @@ class Bench:
             )
         sqs = SqsQueue(self.sqs, queue[0])
         items = [Outgoing(i, t) for i, t in zip(ids, traces, strict=True)]
-        chunks = [items[k : k + 500] for k in range(0, n, 500)]
+        size = max(10, min(500, n // 40 * 10))  # at least 4 chunks: the pool sends them at once
+        chunks = [items[k : k + size] for k in range(0, n, size)]
         with ThreadPoolExecutor(4) as pool:
             sent = sum(len(c) for c in pool.map(sqs.send_batch, chunks))
         if sent != n:

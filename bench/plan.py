@@ -23,6 +23,10 @@ class Plan:
     latency_pause: float
     celery_configs: tuple[tuple[str, int], ...]  # (pool, concurrency)
     celery_enqueue_procs: int = 2
+    celery_jobs: int = 0  # 0: as many as e2e_jobs
+    steady_warmup: float = 3.0  # s after the first job finished, not counted
+    steady_seconds: float = 10.0  # the counted window of a steady-state run
+    network: str = "loopback"  # or "cloud" / "latency A/B ms": what the proxies add
 
     @classmethod
     def make(cls, quick: bool, jobs: int | None = None) -> Plan:
@@ -41,6 +45,8 @@ class Plan:
                 latency_jobs=20,
                 latency_pause=0.1,
                 celery_configs=(("prefork", 4),),
+                steady_warmup=2.0,
+                steady_seconds=5.0,
             )
         return cls(
             quick=False,
@@ -56,6 +62,24 @@ class Plan:
             latency_pause=0.1,
             # prefork with -c = CPU count is Celery's default; 4 matches jobq's 4 processes.
             celery_configs=(("prefork", 2), ("prefork", 4)),
+        )
+
+    def for_network(self, name: str) -> Plan:
+        """This plan for a network profile: behind latency, what issue 19 asks for, short."""
+        if name == "loopback":
+            return dataclasses.replace(self, network=name)
+        return dataclasses.replace(
+            self,
+            network=name,
+            limit_seconds=2.0,
+            sqs_limit_messages=600,  # one caller at 20 ms: ~200 msgs/s batched, ~40 one by one
+            ingest_levels=(32,),
+            e2e_jobs=min(self.e2e_jobs, 3000),
+            e2e_configs=((1, 16), (1, 64), (1, 256), (4, 64)),
+            pipeline_config=(1, 64),
+            latency_jobs=min(self.latency_jobs, 50),
+            celery_configs=(("prefork", 4),),
+            celery_jobs=600 if self.quick else 1500,
         )
 
     def with_e2e_configs(self, spec: str) -> Plan:

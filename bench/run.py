@@ -7,6 +7,8 @@ writes bench/results/latest.json and bench/results/latest.png.
     .venv/bin/python bench/run.py            # full run, ~7 minutes (+1.5 with --profile)
     .venv/bin/python bench/run.py --quick    # smoke run, ~2 minutes
     .venv/bin/python bench/run.py --profile  # also count round trips and py-spy the hot paths
+    .venv/bin/python bench/run.py --profile cloud   # behind 20 ms SQS / 1 ms PostgreSQL RTT
+    .venv/bin/python bench/run.py --latency 50,2    # behind other round trips (ms)
 
 The phases live in bench/phases/ (one module each), what they share in harness.py (servers,
 queues, jobq children), measure.py (CPU, percentiles) and plan.py (how much a run does).
@@ -27,9 +29,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import netem  # noqa: E402
+from ceilings_report import ceilings_of, render_ceilings  # noqa: E402
 from harness import Bench  # noqa: E402
 from measure import log, wait_quiet, wait_until_idle  # noqa: E402
-from phases import DEFAULT, PHASES  # noqa: E402
+from netem import PROFILES, Rtt  # noqa: E402
+from phases import DEFAULT, NETWORK_PHASES, PHASES  # noqa: E402
 from plan import Plan  # noqa: E402
 from plot import plot  # noqa: E402
 from report import render_table, summarize  # noqa: E402
@@ -46,8 +51,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--only", default="", help="comma-separated phases: " + ",".join(PHASES))
     p.add_argument(
         "--profile",
-        action="store_true",
-        help="also count DB/SQS round trips per job and py-spy the API and a worker",
+        nargs="?",
+        const="pyspy",
+        choices=("pyspy", *PROFILES),
+        help="cloud: latency proxies in front of SQS (20 ms RTT) and PostgreSQL (1 ms); "
+        "loopback: none (the default); without a value (pyspy): also count DB/SQS round trips "
+        "per job and py-spy the API and a worker",
+    )
+    p.add_argument(
+        "--latency",
+        metavar="SQS_MS[,PG_MS]",
+        help="latency proxies adding these round trips (ms) in front of SQS and PostgreSQL",
     )
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help="where latest.json/png go")
     p.add_argument("--keep-logs", action="store_true", help="keep the temp dir with child logs")
@@ -73,18 +87,33 @@ def parser() -> argparse.ArgumentParser:
 def plan_and_phases(args: argparse.Namespace, p: argparse.ArgumentParser) -> tuple[Plan, list[str]]:
     """The plan and the phases the flags ask for (exits with a usage error if they are bad)."""
     plan = Plan.make(args.quick, args.jobs)
+    try:
+        rtt = network(args)
+    except ValueError as exc:
+        p.error(f"--latency: {exc}")
+    plan = plan.for_network(rtt.name if rtt.sqs_ms or rtt.pg_ms else "loopback")
     if args.e2e_configs:
         try:
             plan = plan.with_e2e_configs(args.e2e_configs)
         except ValueError as exc:
             p.error(f"--e2e-configs: {exc}")
-    phases = [*DEFAULT, "profile"] if args.profile else list(DEFAULT)
+    phases = [*DEFAULT, "profile"] if args.profile == "pyspy" else list(DEFAULT)
+    if plan.network != "loopback":
+        phases = [name for name in phases if name in NETWORK_PHASES]
     if args.only:
         phases = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = [name for name in phases if name not in PHASES]
     if unknown:
         p.error(f"--only: unknown phase(s) {', '.join(unknown)}; known: {', '.join(PHASES)}")
     return plan, phases
+
+
+def network(args: argparse.Namespace) -> Rtt:
+    """The round trips --profile / --latency ask for (0, 0 on loopback)."""
+    if args.latency:
+        return Rtt.parse(args.latency)
+    sqs_ms, pg_ms = PROFILES.get(args.profile or "loopback", (0.0, 0.0))
+    return Rtt(sqs_ms, pg_ms)
 
 
 def run_phase(bench: Bench, phase: str, errors: dict[str, str]) -> None:
@@ -105,6 +134,7 @@ def run_phase(bench: Bench, phase: str, errors: dict[str, str]) -> None:
         other = stack.foreign.percent_between(t0, time.time())
         bench.results.setdefault("phases", {})[phase] = {
             "seconds": round(time.time() - t0, 1),
+            "loadavg_after": [round(x, 2) for x in os.getloadavg()],
             "other_processes_cpu_percent": other,
             "other_processes_cpu_percent_before": quiet,
         }
@@ -112,9 +142,13 @@ def run_phase(bench: Bench, phase: str, errors: dict[str, str]) -> None:
             log(f"warning: other processes used {other:.0f}% CPU during {phase}")
 
 
-def run_all(bench: Bench, phases: list[str], busy_before: float, errors: dict[str, str]) -> None:
+def run_all(
+    bench: Bench, phases: list[str], busy_before: float, errors: dict[str, str], rtt: Rtt
+) -> None:
     """Set up the servers and run every phase (tracebacks of failed phases into `errors`)."""
     bench.setup()
+    if rtt.sqs_ms or rtt.pg_ms:
+        bench.results["network"] = netem.install(bench, rtt)
     env = bench.results["environment"]
     env["machine_busy_before_percent"] = round(busy_before, 1)
     env["loadavg_before"] = [round(x, 2) for x in os.getloadavg()]
@@ -122,6 +156,7 @@ def run_all(bench: Bench, phases: list[str], busy_before: float, errors: dict[st
     bench.stack.start_sampling()
     for phase in phases:
         run_phase(bench, phase, errors)
+    bench.results["ceilings"] = ceilings_of(bench.results, rtt)
 
 
 def close(stack: Stack) -> None:
@@ -142,7 +177,7 @@ def write_outputs(results: dict[str, Any], out: Path, publish: bool) -> str:
         plot(results, out / "latest.png")
     except Exception:  # noqa: BLE001
         log("plot failed:\n" + traceback.format_exc())
-    table = render_table(results)
+    table = render_table(results) + "\n\n" + render_ceilings(results)
     (out / "latest.txt").write_text(table + "\n")
     if publish:
         published = BENCH_DIR / "published"
@@ -176,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             "the numbers will be low"
         )
     try:
-        run_all(bench, phases, busy_before, errors)
+        run_all(bench, phases, busy_before, errors, network(args))
     except KeyboardInterrupt:
         interrupted = True
         log("interrupted: stopping everything")

@@ -81,7 +81,7 @@ class Worker:
         self.abandoned = 0  # handlers still running when the worker stopped (never joined)
         # Receives and completions aim at full batches of 10 (fewer with few slots, so that
         # every poller can have a batch in flight).
-        batch = max(1, min(MAX_BATCH, s.worker_concurrency // s.worker_pollers))
+        batch = max(1, min(MAX_BATCH, s.worker_concurrency // s.effective_pollers))
         linger = s.batch_linger_ms / 1000
         self.completer = Completer(
             self.db,
@@ -112,7 +112,7 @@ class Worker:
             self.dispatch,
             wait_seconds=s.sqs_wait_seconds,
             queues=poll_weights(s, self.sqs),
-            pollers=s.worker_pollers,
+            pollers=s.effective_pollers,
             linger=linger,
             batch=batch,
             gate=self.gate,

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -19,6 +21,8 @@ from app.errors import QueueUnavailable
 from app.sqs.limits import MAX_BATCH, MAX_DELAY_SECONDS, MAX_VISIBILITY_TIMEOUT, MAX_WAIT_SECONDS
 
 TRACE_ATTRIBUTE = "trace_id"
+C = TypeVar("C")
+R = TypeVar("R")
 
 
 @contextmanager
@@ -56,7 +60,8 @@ def make_sqs_client(
         # A long poll holds the connection open for up to WaitTimeSeconds.
         read_timeout=read_timeout or (MAX_WAIT_SECONDS + 10),
         retries={"mode": "standard", "max_attempts": retries},
-        max_pool_connections=32,
+        # Pollers (up to 16) and batch calls in flight (sqs_calls_in_flight) share the pool.
+        max_pool_connections=64,
     )
     return boto3.client("sqs", **kwargs)
 
@@ -144,8 +149,13 @@ class SqsQueue:
         dlq_url: str = "",
         priority_urls: dict[str, str] | None = None,
         named_urls: dict[str, str] | None = None,
+        calls_in_flight: int = 1,
     ) -> None:
         self.client = client
+        # Batch operations on more than 10 messages send their calls this many at once.
+        self.calls_in_flight = max(1, calls_in_flight)
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
         self.url = queue_url
         self.dlq_url = dlq_url
         self.priority_urls = {p: u for p, u in (priority_urls or {}).items() if u} or {
@@ -156,8 +166,30 @@ class SqsQueue:
 
     def with_client(self, client: Any) -> SqsQueue:
         """The same queues through another client (e.g. one with shorter timeouts)."""
-        clone = SqsQueue(client, self.url, self.dlq_url, self.priority_urls, self.named_urls)
+        clone = SqsQueue(
+            client,
+            self.url,
+            self.dlq_url,
+            self.priority_urls,
+            self.named_urls,
+            calls_in_flight=self.calls_in_flight,
+        )
         return clone
+
+    def _each(self, call: Callable[[C], R], chunks: Sequence[C]) -> list[R]:
+        """call(chunk) for every chunk, up to calls_in_flight at once; results in order.
+
+        Every call is waited for before the first error is raised, so none is still running
+        when the caller handles the failure.
+        """
+        if len(chunks) <= 1 or self.calls_in_flight == 1:
+            return [call(chunk) for chunk in chunks]
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.calls_in_flight, thread_name_prefix="jobq-sqs")
+        futures = [self._pool.submit(call, chunk) for chunk in chunks]
+        wait(futures)
+        return [f.result() for f in futures]
 
     def url_for(self, priority: str, queue: str = "default") -> str:
         """The SQS queue that carries jobs of `priority` on the named `queue`.
@@ -191,10 +223,8 @@ class SqsQueue:
 
     def send_batch(self, items: Sequence[Outgoing]) -> list[uuid.UUID]:
         """Publish with SendMessageBatch in chunks of 10 per queue; return the confirmed ids."""
-        confirmed: list[uuid.UUID] = []
-        for url, chunk in send_calls(items, self.url_for):
-            confirmed.extend(self.send_call(url, chunk))
-        return confirmed
+        calls = send_calls(items, self.url_for)
+        return [i for ids in self._each(lambda c: self.send_call(*c), calls) for i in ids]
 
     def receive(
         self, max_messages: int, wait_seconds: int, *, queue_url: str | None = None
@@ -233,8 +263,9 @@ class SqsQueue:
 
     def set_visibilities(self, items: Sequence[tuple[Message, float]]) -> int:
         """Give each message its own visibility timeout, 10 per call; return how many failed."""
-        failed = 0
-        for url, chunk in _chunks_by_queue(items, lambda item: item[0]):
+
+        def call(job: tuple[str, list[tuple[Message, float]]]) -> int:
+            url, chunk = job
             entries = [
                 {
                     "Id": str(i),
@@ -245,20 +276,23 @@ class SqsQueue:
             ]
             with translate_sqs_errors("ChangeMessageVisibilityBatch"):
                 reply = self.client.change_message_visibility_batch(QueueUrl=url, Entries=entries)
-            failed += len(reply.get("Failed", []))
-        return failed
+            return len(reply.get("Failed", []))
+
+        return sum(self._each(call, list(_chunks_by_queue(items, lambda item: item[0]))))
 
     def delete_batch(self, messages: Sequence[Message]) -> int:
         """Delete handled messages, 10 per call; return how many SQS refused (they reappear)."""
-        failed = 0
-        for url, chunk in _chunks_by_queue(messages, lambda m: m):
+
+        def call(job: tuple[str, list[Message]]) -> int:
+            url, chunk = job
             entries = [
                 {"Id": str(i), "ReceiptHandle": m.receipt_handle} for i, m in enumerate(chunk)
             ]
             with translate_sqs_errors("DeleteMessageBatch"):
                 reply = self.client.delete_message_batch(QueueUrl=url, Entries=entries)
-            failed += len(reply.get("Failed", []))
-        return failed
+            return len(reply.get("Failed", []))
+
+        return sum(self._each(call, list(_chunks_by_queue(messages, lambda m: m))))
 
     def attributes(self, queue_url: str | None = None) -> dict[str, str]:
         """All attributes of the queue (depths, redrive policy, ...)."""

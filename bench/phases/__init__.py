@@ -14,7 +14,7 @@ from typing import Any
 
 from harness import Bench
 
-from phases import e2e, ingest, latency, limits, peer, profile
+from phases import e2e, ingest, latency, limits, peer, profile, steady
 
 Phase = Callable[[Bench], dict[str, Any]]
 
@@ -23,9 +23,12 @@ PHASES: dict[str, Phase] = {
     "ingest": ingest.run,
     "latency": latency.run,
     "e2e": e2e.drain,
+    "steady": steady.run,
     "pipeline": e2e.pipeline,
     "celery": peer.run,
     "profile": profile.run,
 }
 OPTIONAL = frozenset({"profile"})  # only with --profile (or --only)
 DEFAULT = [name for name in PHASES if name not in OPTIONAL]
+# Behind a latency profile: what issue 19 measures (ingest runs only its 32-client level).
+NETWORK_PHASES = frozenset({"limits", "ingest", "latency", "e2e", "steady", "celery"})

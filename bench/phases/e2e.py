@@ -71,6 +71,13 @@ def jobq_span(bench: Bench) -> dict[str, Any]:
         n, first_start, first_done, last_done, first_created, retried = cur.fetchone()
         cur.execute("SELECT count(*) FROM job_attempts WHERE outcome <> 'succeeded'")
         bad_attempts = cur.fetchone()[0]
+        # Claim -> completer's write: the handler, the batch fill and the completer's queue.
+        cur.execute(
+            """SELECT percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP
+                        (ORDER BY extract(epoch FROM finished_at - started_at) * 1000)
+               FROM jobs WHERE status = 'succeeded'"""
+        )
+        claim_to_write = cur.fetchone()[0] or [None, None]
     done_span = (last_done - first_done).total_seconds()
     return {
         "succeeded": n,
@@ -80,6 +87,8 @@ def jobq_span(bench: Bench) -> dict[str, Any]:
         "created_to_done_s": (last_done - first_created).total_seconds(),
         "jobs_retried": retried,
         "non_success_attempts": bad_attempts,
+        "started_to_finished_p50_ms": claim_to_write[0],
+        "started_to_finished_p99_ms": claim_to_write[1],
         "first_done_ts": first_done.timestamp(),
         "last_done_ts": last_done.timestamp(),
     }

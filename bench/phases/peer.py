@@ -53,7 +53,7 @@ def worker_argv(queue_name: str, pool: str, concurrency: int) -> list[str]:
 
 def run_one(bench: Bench, pool: str, concurrency: int) -> dict[str, Any]:
     """Publish N tasks, then time one Celery worker draining them (result rows in PostgreSQL)."""
-    n = bench.plan.e2e_jobs
+    n = bench.plan.celery_jobs or bench.plan.e2e_jobs
     label = f"{pool}{concurrency}"
     url, _ = bench.new_queue(f"celery-{label}", redrive=False)
     env = peer_env(bench, url)

@@ -1,0 +1,85 @@
+"""What the round-trip times allow jobq's call pattern to do: the ceilings in docs/benchmarks.md.
+
+One worker process with concurrency C, P pollers, S = SQS RTT, D = PostgreSQL RTT and
+T = K·D per transaction (K = 3: BEGIN, the statement, COMMIT) can go no faster than the
+slowest of its three loops (each figure is an upper bound: CPU, the servers and the job's own
+run time only lower it):
+
+  receive  = P · min(10, C/P) / (S + T)              a poller: ReceiveMessage, then the claim
+  complete = B / (T + ceil(B/10)·S / F)              the completer: one UPDATE for a batch of B
+             -> B = 100: 100 / (T + 10·S/F)          then ceil(B/10) DeleteMessageBatch, F at once
+  slots    = C / (2·S + 2·T)                         a slot is held at least from the receive
+                                                     to the delete (the completer's batch fill,
+                                                     <= JOBQ_BATCH_LINGER_MS, and its one batch
+                                                     at a time cycle T + S come on top)
+
+API: `POST /jobs` with N clients is bound by N / (HTTP + group commit T) per request; the
+publisher by publish_threads · 10 / S messages per second.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+TXN_ROUND_TRIPS = 3  # BEGIN, the statement, COMMIT (psycopg2 sends BEGIN on its own)
+MAX_COMPLETION_BATCH = 100  # worker/completer.py
+
+
+@dataclass(frozen=True)
+class CallPattern:
+    """How many SQS calls a worker keeps in flight: its pollers and its completer's deletes."""
+
+    pollers: int
+    deletes_in_flight: int
+    linger_s: float
+
+
+def worker_pattern(concurrency: int) -> CallPattern:
+    """The call pattern jobq's settings give a worker of this concurrency."""
+    from app.config import Settings
+
+    s = Settings(worker_concurrency=concurrency)
+    pollers = getattr(s, "effective_pollers", s.worker_pollers)  # older jobq: a fixed number
+    in_flight = getattr(s, "sqs_calls_in_flight", 1)  # older jobq: one delete call at a time
+    return CallPattern(pollers, in_flight, s.batch_linger_ms / 1000)
+
+
+def worker_ceiling(
+    concurrency: int, sqs_ms: float, pg_ms: float, processes: int = 1
+) -> dict[str, Any]:
+    """Jobs/s the RTTs allow `processes` workers of `concurrency`, per loop and overall."""
+    pattern = worker_pattern(concurrency)
+    s, t = sqs_ms / 1000, TXN_ROUND_TRIPS * pg_ms / 1000
+    p = pattern.pollers
+    per_receive = min(10, max(1, concurrency // p))
+    b = MAX_COMPLETION_BATCH
+    loops = {
+        "receive": p * per_receive / (s + t) if s + t else math.inf,
+        "complete": b / (t + math.ceil(b / 10) * s / pattern.deletes_in_flight)
+        if s + t
+        else math.inf,
+        "slots": concurrency / (2 * s + 2 * t) if s + t else math.inf,
+    }
+    bound = min(loops, key=lambda k: loops[k])
+    return {
+        "pollers": p,
+        "deletes_in_flight": pattern.deletes_in_flight,
+        "per_process": {k: round(v) if v != math.inf else None for k, v in loops.items()},
+        "bound_by": bound,
+        "jobs_per_s": processes * loops[bound] if loops[bound] != math.inf else None,
+    }
+
+
+def api_ceiling(clients: int, pg_ms: float, http_ms: float) -> float | None:
+    """Requests/s `clients` closed-loop clients can reach when each waits one group commit."""
+    per = http_ms / 1000 + TXN_ROUND_TRIPS * pg_ms / 1000
+    return clients / per if per else None
+
+
+def ratio(measured: float | None, ceiling: float | None) -> float | None:
+    """measured / ceiling (None when either is unknown)."""
+    if not measured or not ceiling:
+        return None
+    return measured / ceiling
