@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 LOCAL_STAMP := $(VENV)/.installed-local
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: dev test test-fast lint fmt install tools lock audit system-deps drills bench clean \
+.PHONY: dev dev-fauxqs test test-fast lint fmt install tools lock audit system-deps drills bench clean \
 	pin-images
 
 $(BIN)/python:
@@ -79,6 +79,13 @@ install: $(DEV_STAMP) $(TOOLS_STAMP)
 # The dev server alone: no test tools, no tools venv.
 dev: $(LOCAL_STAMP)
 	$(BIN)/jobq dev
+
+# The dev stack on fauxqs instead of moto (moto bounds `make dev` at ~20 jobs/s): for a load
+# test. fauxqs and a Node 22 binary from npm into bench/node_modules, psutil for bench/stack.py.
+dev-fauxqs: $(LOCAL_STAMP)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check 'psutil>=5.9'
+	npm install --prefix bench --no-audit --no-fund --silent
+	$(BIN)/python bench/dev_fauxqs.py
 
 # Browsers and promtool for the suite: installed when missing and possible (root + apt-get),
 # otherwise one line saying what to install, before anything runs.

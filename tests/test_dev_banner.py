@@ -81,6 +81,7 @@ def test_banner_shows_data_dir_dashboard_metrics_and_exports() -> None:
     assert "export JOBQ_API_URL=http://127.0.0.1:18100" in text
     assert "export DATABASE_URL=" in text and "***" not in text
     assert "second Ctrl-C" in text
+    assert "make dev-fauxqs" in text  # moto bounds the dev stack's speed: say so
 
 
 def test_banner_says_when_the_worker_metrics_are_off() -> None:

@@ -161,6 +161,12 @@ def banner(
             else "API keys required (JOBQ_API_KEYS / jobq keys)"
         ),
     ]
+    if any("moto" in part for part in embedded):
+        # moto's server, not jobq, is what a newcomer's first load test measures.
+        lines.append(
+            "  speed      moto's SQS server bounds this stack (~20 jobs/s);"
+            " for a load test: make dev-fauxqs (docs/benchmarks.md)"
+        )
     exports = cli_exports(env, settings, inherited)
     if exports:
         lines.append("  CLI        in another shell, for jobq dlq, jobq keys, jobq submit, ...:")
