@@ -162,9 +162,13 @@ def test_task_without_a_live_worker_is_accepted_by_its_newest_schema(
 def test_batch_items_name_the_payload_field(fast_api: TestClient, runtime: Runtime) -> None:
     name = _name("batch")
     _publish(runtime, _registry(name, Loose), "v1")
+    # An unknown name reloads the catalogue at most every 0.25 s: wait until it is seen.
+    wait_for(lambda: fast_api.get(f"/tasks/{name}").status_code == 200)
     jobs = [{"task": name, "payload": {"n": 1}}, {"task": name, "payload": {}}]
     resp = fast_api.post("/jobs/batch", json={"jobs": jobs, "atomic": True})
-    assert resp.status_code == 422 and resp.json()["error"]["field"] == "jobs.1.payload.n"
+    assert resp.status_code == 422 and resp.json()["error"]["field"] == "jobs.1.payload.n", (
+        resp.text
+    )
 
 
 def test_dashboard_lists_the_catalogue(fast_api: TestClient, runtime: Runtime, db: Any) -> None:

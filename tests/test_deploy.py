@@ -404,6 +404,8 @@ def test_compose_worker_is_scalable_and_drains(compose: dict[str, Any]) -> None:
     assert grace < _seconds(worker["stop_grace_period"]), (
         "SIGKILL would cut the worker's drain short"
     )
+    # A team's own tasks reach the workers from the caller's environment.
+    assert worker["environment"]["JOBQ_TASK_MODULES"] == "${JOBQ_TASK_MODULES:-}"
 
 
 def test_compose_queues_exist_in_elasticmq_with_redrive(compose: dict[str, Any]) -> None:
@@ -675,6 +677,43 @@ def test_template_wiring(template: dict[str, Any]) -> None:
         assert resources[group]["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
 
 
+def test_dedicated_pool_serves_its_queue_and_scales_on_its_backlog(
+    template: dict[str, Any],
+) -> None:
+    resources = template["Resources"]
+    pool = {k for k, v in resources.items() if v.get("Condition") == "HasPool"}
+    assert pool == {
+        "PoolQueue",
+        "PoolTaskDefinition",
+        "PoolService",
+        "PoolScalableTarget",
+        "PoolBacklogPerTaskPolicy",
+    }
+    (container,) = resources["PoolTaskDefinition"]["Properties"]["ContainerDefinitions"]
+    env = {e["Name"]: e["Value"] for e in container["Environment"]}
+    assert env["JOBQ_QUEUES"] == {"Ref": "PoolQueueName"}
+    assert env["JOBQ_QUEUE_URLS"] == {"Fn::Sub": "${PoolQueueName}=${PoolQueue}"}
+    assert env["JOBQ_TASK_MODULES"] == {"Ref": "TaskModules"}
+    # Everyone who routes or settles jobs knows the pool's queue URL (when there is a pool).
+    for td in ("ApiTaskDefinition", "WorkerTaskDefinition"):
+        (c,) = resources[td]["Properties"]["ContainerDefinitions"]
+        urls = {e["Name"]: e["Value"] for e in c["Environment"]}["JOBQ_QUEUE_URLS"]
+        assert urls == {"Fn::If": ["HasPool", {"Fn::Sub": "${PoolQueueName}=${PoolQueue}"}, ""]}
+    service = resources["PoolService"]["Properties"]
+    assert service["TaskDefinition"] == {"Ref": "PoolTaskDefinition"}
+    assert "DesiredCount" not in service, "autoscaling owns the count"
+    metrics = resources["PoolBacklogPerTaskPolicy"]["Properties"][
+        "TargetTrackingScalingPolicyConfiguration"
+    ]["CustomizedMetricSpecification"]["Metrics"]
+    queues = [
+        m["MetricStat"]["Metric"]["Dimensions"][0]["Value"]
+        for m in metrics
+        if "MetricStat" in m and m["MetricStat"]["Metric"]["Namespace"] == "AWS/SQS"
+    ]
+    assert queues == [{"Fn::GetAtt": ["PoolQueue", "QueueName"]}], "its own backlog only"
+    assert resources["PoolScalableTarget"]["Properties"]["MinCapacity"] >= 1
+
+
 def _role_statements(template: dict[str, Any], role: str) -> list[dict[str, Any]]:
     statements = []
     for policy in template["Resources"][role]["Properties"].get("Policies", []):
@@ -697,6 +736,9 @@ def test_iam_least_privilege(template: dict[str, Any]) -> None:
             assert statement["Effect"] == "Allow"
             for resource in _as_list(statement["Resource"]):
                 assert resource != "*", f"{role}: wildcard resource"
+                if "Fn::If" in resource:  # [condition, then, AWS::NoValue]
+                    assert resource["Fn::If"][2] == {"Ref": "AWS::NoValue"}
+                    resource = resource["Fn::If"][1]
                 target = resource.get("Fn::GetAtt", [None])[0] or resource.get("Ref")
                 for action in _as_list(statement["Action"]):
                     assert "*" not in action, f"{role}: wildcard action {action}"
@@ -705,17 +747,20 @@ def test_iam_least_privilege(template: dict[str, Any]) -> None:
 
     api = grants("ApiTaskRole")
     assert set(api) == {"sqs:SendMessage", "sqs:GetQueueAttributes"}
-    assert api["sqs:SendMessage"] == set(MAIN_QUEUES), "the API may only send to the main queues"
+    assert api["sqs:SendMessage"] == {*MAIN_QUEUES, "PoolQueue"}, "only jobq's own queues"
 
     worker = grants("WorkerTaskRole")
-    assert set(worker) == {
+    consume = {
         "sqs:ReceiveMessage",
         "sqs:DeleteMessage",
         "sqs:ChangeMessageVisibility",
         "sqs:GetQueueAttributes",
     }
-    for action in worker:
-        assert worker[action] == {*MAIN_QUEUES, "DeadLetterQueue"}
+    assert set(worker) == {*consume, "sqs:SendMessage"}
+    for action in consume:
+        assert worker[action] == {*MAIN_QUEUES, "DeadLetterQueue", "PoolQueue"}
+    # Retries go out as fresh messages from the worker; nothing is sent to the DLQ by hand.
+    assert worker["sqs:SendMessage"] == {*MAIN_QUEUES, "PoolQueue"}
 
     execution = grants("TaskExecutionRole")
     assert execution["secretsmanager:GetSecretValue"] == {"DatabaseSecretArn", "ApiKeysSecretArn"}
@@ -766,9 +811,16 @@ def test_security_groups(template: dict[str, Any]) -> None:
 def sqs_only_template(template: dict[str, Any]) -> dict[str, Any]:
     """The queue resources and just the parameters they use, as a standalone template."""
     queues = {k: v for k, v in template["Resources"].items() if v["Type"] == "AWS::SQS::Queue"}
-    names = set(referenced_names(queues))
+    used = {v["Condition"] for v in queues.values() if "Condition" in v}
+    conditions = {k: v for k, v in template["Conditions"].items() if k in used}
+    names = set(referenced_names(queues)) | set(referenced_names(conditions))
     params = {k: v for k, v in template["Parameters"].items() if k in names}
-    return {"AWSTemplateFormatVersion": "2010-09-09", "Parameters": params, "Resources": queues}
+    return {
+        "AWSTemplateFormatVersion": "2010-09-09",
+        "Parameters": params,
+        "Conditions": conditions,
+        "Resources": queues,
+    }
 
 
 def test_sqs_redrive_deploys_in_moto(
@@ -790,7 +842,7 @@ def test_sqs_redrive_deploys_in_moto(
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
 
     small = sqs_only_template(template)
-    assert set(small["Resources"]) == {*MAIN_QUEUES, "DeadLetterQueue"}
+    assert set(small["Resources"]) == {*MAIN_QUEUES, "DeadLetterQueue", "PoolQueue"}
     assert "MaxReceiveCount" in small["Parameters"]
 
     with mock_aws():
@@ -798,7 +850,11 @@ def test_sqs_redrive_deploys_in_moto(
         cfn.create_stack(
             StackName="jobq-sqs",
             TemplateBody=json.dumps(small),
-            Parameters=[{"ParameterKey": "MaxReceiveCount", "ParameterValue": "5"}],
+            Parameters=[
+                {"ParameterKey": "MaxReceiveCount", "ParameterValue": "5"},
+                # A dedicated worker pool's named queue, redriving to the same DLQ.
+                {"ParameterKey": "PoolQueueName", "ParameterValue": "media"},
+            ],
         )
         status = cfn.describe_stacks(StackName="jobq-sqs")["Stacks"][0]["StackStatus"]
         assert status == "CREATE_COMPLETE"
@@ -811,7 +867,8 @@ def test_sqs_redrive_deploys_in_moto(
             QueueUrl=urls["DeadLetterQueue"], AttributeNames=["QueueArn"]
         )["Attributes"]["QueueArn"]
         assert urls["DefaultQueue"].endswith("/jobq-default")
-        for queue in MAIN_QUEUES:
+        assert urls["PoolQueue"].endswith("/jobq-media")
+        for queue in (*MAIN_QUEUES, "PoolQueue"):
             attributes = sqs.get_queue_attributes(QueueUrl=urls[queue], AttributeNames=["All"])[
                 "Attributes"
             ]

@@ -205,7 +205,9 @@ def test_worker_drains_before_sigkill_and_keda_scales_it_on_sqs(name: str) -> No
     assert "replicas" not in worker["spec"], "KEDA owns the worker count"
     (container,) = containers(worker)
     assert container["command"] == ["jobq", "worker"]
+    assert "JOBQ_TASK_MODULES" in {e["name"] for e in container["env"]}, "no way to run own tasks"
     config = config_data(name)
+    assert int(config["JOBQ_MAX_ATTEMPTS"]) == 10, "attempts are handler runs, not receives"
     grace = float(config["JOBQ_SHUTDOWN_GRACE_SECONDS"])
     assert worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > grace
 

@@ -286,7 +286,8 @@ class Completer(BackgroundLoop):
 
     def _send_ready(self, sqs: SqsQueue, ready: list[Ready]) -> None:
         try:
-            sent = sqs.send_batch([Outgoing(r.id, r.trace_id, 0, r.priority) for r in ready])
+            out = [Outgoing(r.id, r.trace_id, 0, r.priority, r.queue) for r in ready]
+            sent = sqs.send_batch(out)
             self._db.run(lambda conn: queries.mark_published(conn, sent))
         except JobqError as exc:
             log.warning("sending %d released workflow job(s) failed: %s", len(ready), exc)

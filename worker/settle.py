@@ -34,7 +34,9 @@ def settle(
         if decision.redelivered:
             transitions.count_redelivery(session, message.job_id)
     if released:
-        sent = sqs.send_batch([Outgoing(r.id, r.trace_id, 0, r.priority) for r in released])
+        sent = sqs.send_batch(
+            [Outgoing(r.id, r.trace_id, 0, r.priority, r.queue) for r in released]
+        )
         with translate_db_errors(), sessions.begin() as session:
             queries.mark_published(session, sent)
     if decision.sqs == Sqs.HIDE:

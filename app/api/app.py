@@ -110,13 +110,13 @@ def create_app(settings: Settings | None = None, *, tune_gc: bool = False) -> Fa
             defer=lambda: publisher.lagging(settings.dispatch_after_seconds / 2),
         )
         retention = Retention(runtime.sessions, retention_days=settings.retention_days)
-        ticker = build_ticker(runtime, settings)
         # Every API process runs it; a PostgreSQL advisory lock lets one pass run at a time.
         reconciler = build_reconciler(runtime, settings)
         app.state.runtime = runtime
         app.state.publisher = publisher
         app.state.dispatcher = dispatcher
         catalogue = build_catalogue(runtime.sessions, settings)
+        ticker = build_ticker(runtime, settings, catalogue)
         refresher = CatalogueRefresher(catalogue, settings.catalogue_refresh_seconds)
         app.state.jobs = JobService(runtime.sessions, catalogue, publisher, settings)
         app.state.schedules = ScheduleService(

@@ -171,7 +171,7 @@ def claim_enqueued(session: Session, job_ids: Sequence[str]) -> list[Outgoing]:
     """Lock these queued jobs if their message was not sent yet (SKIP LOCKED: a dispatcher
     sending them right now keeps them)."""
     stmt = (
-        select(Job.id, Job.trace_id, Job.priority, _DELAY_LEFT)
+        select(Job.id, Job.trace_id, Job.priority, _DELAY_LEFT, Job.queue)
         .where(
             Job.id.in_([uuid.UUID(i) for i in job_ids]),
             Job.status == JobStatus.QUEUED.value,
@@ -180,7 +180,8 @@ def claim_enqueued(session: Session, job_ids: Sequence[str]) -> list[Outgoing]:
         .order_by(Job.id)
         .with_for_update(skip_locked=True)
     )
-    return [Outgoing(r[0], r[1], int(r[3] or 0), r[2]) for r in session.execute(stmt).all()]
+    rows = session.execute(stmt).all()
+    return [Outgoing(r[0], r[1], int(r[3] or 0), r[2], r[4]) for r in rows]
 
 
 def claim_due_scheduled(session: Session, *, limit: int) -> list[Outgoing]:
@@ -355,7 +356,7 @@ def failed_jobs(
 
 def insert_tick(session: Session, row: dict[str, Any]) -> Any:
     """Insert a schedule's job for one tick unless that tick has one already (the unique
-    index on (schedule_id, schedule_tick) decides between tickers); (id, trace_id, priority)
+    index on (schedule_id, schedule_tick) decides between tickers); (id, trace_id, priority, queue)
     of the new job, or None."""
     stmt = (
         pg_insert(Job)
@@ -364,7 +365,7 @@ def insert_tick(session: Session, row: dict[str, Any]) -> Any:
             index_elements=[Job.schedule_id, Job.schedule_tick],
             index_where=Job.schedule_id.isnot(None),
         )
-        .returning(Job.id, Job.trace_id, Job.priority)
+        .returning(Job.id, Job.trace_id, Job.priority, Job.queue)
     )
     return session.execute(stmt).first()
 

@@ -471,6 +471,7 @@ class Ready:
     id: uuid.UUID
     trace_id: str | None
     priority: str
+    queue: str = "default"
     status: str = S.QUEUED.value  # what JobService._publish looks at
     run_at: datetime | None = None
 
@@ -509,7 +510,7 @@ _SETTLE = text(
     FROM g
     WHERE c.id = g.child_id AND c.id IN (SELECT id FROM locked)
       AND (c.status IN {_CHILD_FROM}) IS TRUE
-    RETURNING c.id, c.status, c.trace_id, c.priority
+    RETURNING c.id, c.status, c.trace_id, c.priority, c.queue
     """
 )
 
@@ -543,7 +544,7 @@ def settle_children(session: Db, parent_ids: Sequence[uuid.UUID]) -> list[Ready]
         queued = [r for r in rows if r.status == S.QUEUED.value]
         if queued:
             session.execute(_PARENT_RESULTS, {"ids": [str(r.id) for r in queued]})
-            ready.extend(Ready(_uuid(r.id), r.trace_id, r.priority) for r in queued)
+            ready.extend(Ready(_uuid(r.id), r.trace_id, r.priority, r.queue) for r in queued)
         # A cancelled child is a final parent too: its own children settle next.
         ids = [str(r.id) for r in rows if r.status == S.CANCELLED.value]
     return ready
@@ -621,7 +622,7 @@ def run_now(session: Session, job_id: uuid.UUID) -> list[Row[Any]]:
             Job.status.in_(_allowed([S.QUEUED], list(RUNNABLE_NOW_BY_USER))),
         )
         .values(status=S.QUEUED.value, run_at=None, published_at=None, updated_at=_NOW)
-        .returning(Job.id, Job.status, Job.trace_id, Job.run_at, Job.priority)
+        .returning(Job.id, Job.status, Job.trace_id, Job.run_at, Job.priority, Job.queue)
         .execution_options(synchronize_session=False)
     )
     return list(session.execute(stmt).all())  # type: ignore[arg-type]

@@ -78,7 +78,10 @@ def attach_child(
         return []
     if child["pending_parents"] == 0:
         transitions.queue_ready_child(session, child["id"])
-        return [transitions.Ready(child["id"], child.get("trace_id"), child["priority"])]
+        ready = transitions.Ready(
+            child["id"], child.get("trace_id"), child["priority"], child["queue"]
+        )
+        return [ready]
     return []
 
 

@@ -16,6 +16,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.catalogue.cache import Catalogue
+from app.catalogue.wiring import build_catalogue
 from app.config import Settings
 from app.db import translate_db_errors
 from app.errors import JobqError
@@ -57,12 +59,17 @@ class Ticker(PeriodicLoop):
         sessions: sessionmaker[Session],
         registry: Registry,
         settings: Settings,
+        catalogue: Catalogue | None = None,
     ) -> None:
         super().__init__("jobq-schedules", interval=settings.schedule_interval_seconds, logger=log)
         self._sqs = sqs
         self._sessions = sessions
         self._registry = registry
+        # Job defaults (attempts, timeout, named queue) come from the task catalogue the
+        # workers publish: this process may have none of the task's code.
+        self._catalogue = catalogue or build_catalogue(sessions, settings)
         self._max_attempts = settings.max_attempts
+        self._queue_names = settings.queue_names
         self._synced = False
 
     def tick(self) -> float | None:
@@ -102,15 +109,16 @@ class Ticker(PeriodicLoop):
         schedule.last_job_id = inserted.id
         extra = {"job_id": str(inserted.id), "task": schedule.task, "schedule": schedule.name}
         log.info("schedule fired", extra=extra)
-        return Outgoing(inserted.id, inserted.trace_id, 0, inserted.priority)
+        return Outgoing(inserted.id, inserted.trace_id, 0, inserted.priority, inserted.queue)
 
     def _job_row(self, schedule: Schedule, tick: datetime) -> dict[str, Any]:
+        max_attempts, timeout, queue = None, None, None
         try:
-            spec = self._registry.get(schedule.task)
-            max_attempts, timeout = spec.max_attempts, spec.timeout_seconds
+            task = self._catalogue.get(schedule.task).newest
+            max_attempts, timeout, queue = task.max_attempts, task.timeout_seconds, task.queue
         except JobqError:
-            # Not a task of this process: the worker that has it runs it (or fails it).
-            max_attempts, timeout = None, None
+            # No worker published it (yet): the global defaults; a worker fails it if unknown.
+            pass
         return {
             "id": uuid.uuid4(),
             "task": schedule.task,
@@ -119,6 +127,7 @@ class Ticker(PeriodicLoop):
             "max_attempts": max_attempts or self._max_attempts,
             "timeout_seconds": timeout,
             "priority": schedule.priority,
+            "queue": queue if queue in self._queue_names else "default",
             "schedule_id": schedule.id,
             "schedule_tick": tick,
         }
@@ -135,6 +144,8 @@ class Ticker(PeriodicLoop):
             log.warning("sending scheduled jobs failed (the dispatcher re-sends them): %s", exc)
 
 
-def build_ticker(runtime: Runtime, settings: Settings) -> Ticker:
+def build_ticker(
+    runtime: Runtime, settings: Settings, catalogue: Catalogue | None = None
+) -> Ticker:
     """The ticker as the API (in-process) and `jobq dispatcher` run it."""
-    return Ticker(runtime.sqs, runtime.sessions, runtime.registry, settings)
+    return Ticker(runtime.sqs, runtime.sessions, runtime.registry, settings, catalogue)
