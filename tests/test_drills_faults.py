@@ -1,0 +1,133 @@
+"""Fault drills, infrastructure side: PostgreSQL connections terminated, SQS refusing, one
+worker's SQS path blackholed while PostgreSQL is fine. Each reports through tests/drills.py
+and must end with 0 lost, 0 concurrent runs and 0 jobs failed without running."""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.api.app import create_app
+from tests import drills
+from tests.conftest import make_settings
+from tests.faults import Proxy
+from tests.helpers import wait_for
+
+pytestmark = pytest.mark.drill
+JOBS = drills.size(60, 1000)
+
+
+@pytest.fixture
+def workers(tmp_path: Path) -> Any:
+    """Start worker processes; all are killed at teardown."""
+    yield from drills.worker_processes(tmp_path)
+
+
+@pytest.fixture
+def sqs_proxy(sqs_endpoint: str) -> Any:
+    """A cuttable proxy in front of the shared SQS endpoint."""
+    url = urlsplit(sqs_endpoint)
+    proxy = Proxy((url.hostname or "127.0.0.1", url.port or 80))
+    yield proxy
+    proxy.close()
+
+
+# Short leases so that a fault outlasts one (the interesting case) within seconds.
+FAST = {"visibility_timeout_seconds": 5, "heartbeat_seconds": 1.0}
+
+_TERMINATE = """SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                WHERE application_name = 'jobq' AND pid <> pg_backend_pid()"""
+
+
+def test_drill_pg_terminate_backend_of_jobqs_connections(
+    database_url: str, sqs_endpoint: str, db: Any, workers: Any
+) -> None:
+    settings = make_settings(database_url, sqs_endpoint, **FAST)
+    for _ in range(2):
+        workers(settings)
+    started = time.monotonic()
+    with TestClient(create_app(settings)) as api:
+        accepted = drills.submit_batch(api, JOBS, sleep=0.2)
+        terminated, rounds = 0, 0
+        deadline = time.monotonic() + 90 + JOBS / 5
+        while not drills.all_final(db, accepted) and time.monotonic() < deadline:
+            # Every connection jobq holds (claims, completions, heartbeats, the API's) dies.
+            terminated += drills.count(db, _TERMINATE)
+            rounds += 1
+            time.sleep(0.5 + random.random())  # the drill's pace; state is polled
+        result = drills.report(
+            db, f"pg_terminate_backend of jobq's connections ({rounds}x)", accepted, started
+        )
+    assert terminated > 0
+    # A completion whose commit was lost with its connection runs again: counted, not banned.
+    result.assert_safe(duplicates=None)
+
+
+def test_drill_sqs_refusing_connections_longer_than_the_visibility(
+    database_url: str, sqs_endpoint: str, db: Any, workers: Any, sqs_proxy: Any
+) -> None:
+    # API and workers reach SQS through the proxy; it refuses every connection for 7 s,
+    # longer than the visibility timeout (5 s), while 3 s jobs run.
+    settings = make_settings(database_url, sqs_endpoint, **FAST)
+    settings = settings.model_copy(update={"sqs_endpoint_url": sqs_proxy.endpoint})
+    for _ in range(2):
+        workers(settings)
+    started = time.monotonic()
+    with TestClient(create_app(settings)) as api:
+        accepted = drills.submit_batch(api, JOBS // 2, sleep=3)
+        wait_for(
+            lambda: drills.count(db, "SELECT count(*) FROM test_executions") >= 4,
+            timeout=60,
+            what="jobs to start",
+        )
+        sqs_proxy.cut()
+        refusing_until = time.monotonic() + 7
+        while time.monotonic() < refusing_until:
+            accepted.add(drills.submit(api, {"task": "record", "payload": {"sleep": 0.01}}))
+            time.sleep(0.2)  # a trickle of submits while SQS refuses
+        sqs_proxy.restore()
+        wait_for(lambda: drills.all_final(db, accepted), timeout=120 + JOBS, interval=0.3)
+        result = drills.report(
+            db, "SQS refusing connections 7 s (visibility 5 s)", accepted, started
+        )
+    result.assert_safe()
+
+
+def test_drill_one_workers_sqs_path_blackholed_while_postgresql_is_fine(
+    database_url: str, sqs_endpoint: str, db: Any, workers: Any, sqs_proxy: Any
+) -> None:
+    # Worker A reaches SQS through the proxy, worker B directly. A's SQS path goes silent
+    # while it runs jobs longer than the visibility timeout: its messages reappear and B
+    # receives them, but A still renews the leases in PostgreSQL, records the outcomes
+    # (the deletes hang on their own thread) and B never starts a job A holds.
+    settings = make_settings(database_url, sqs_endpoint, **FAST, worker_concurrency=4)
+    a = workers(settings.model_copy(update={"sqs_endpoint_url": sqs_proxy.endpoint}))
+    started = time.monotonic()
+    with TestClient(create_app(settings)) as api:
+        first = drills.submit_batch(api, 4, sleep=8)
+        accepted = set(first)
+        running_on_a = "SELECT count(*) FROM test_executions WHERE pid = %s"
+        wait_for(lambda: drills.count(db, running_on_a, a.pid) >= 2, timeout=60, what="A's runs")
+        sqs_proxy.hang()
+        workers(settings)  # B
+        accepted |= drills.submit_batch(api, JOBS // 2, sleep=0.05)
+        # A's outcomes are committed once its runs end (8 s), not after its hung SQS calls
+        # give up (90 s for a DeleteMessageBatch before the after-commit thread).
+        wait_for(lambda: drills.all_final(db, first), timeout=40, what="A's outcomes")
+        wait_for(lambda: drills.all_final(db, accepted), timeout=120 + JOBS, interval=0.3)
+        on_a = drills.count(
+            db,
+            """SELECT count(*) FROM jobs j JOIN test_executions e ON e.job_id = j.id
+               WHERE e.pid = %s AND j.status = 'succeeded' AND j.result->>'pid' = %s""",
+            a.pid,
+            str(a.pid),
+        )
+        result = drills.report(db, "one worker's SQS path blackholed", accepted, started)
+    assert on_a >= 2  # A's runs were recorded although its SQS hung
+    result.assert_safe()
