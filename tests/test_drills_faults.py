@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import psycopg2
 import pytest
 from fastapi.testclient import TestClient
 
@@ -66,6 +67,53 @@ def test_drill_pg_terminate_backend_of_jobqs_connections(
         )
     assert terminated > 0
     # A completion whose commit was lost with its connection runs again: counted, not banned.
+    result.assert_safe(duplicates=None)
+
+
+def _hog_connections(database_url: str, leave: int) -> list[Any]:
+    """Open connections until PostgreSQL refuses more, then close `leave` of them: what is
+    left for everyone else (jobq's pools, the handlers' own connections) is that many."""
+    url = database_url.replace("postgresql+psycopg2://", "postgresql://")
+    hogs: list[Any] = []
+    while len(hogs) < 500:
+        try:
+            hogs.append(psycopg2.connect(url, connect_timeout=5))
+        except psycopg2.OperationalError:
+            break
+    for conn in hogs[:leave]:
+        conn.close()
+    return hogs[leave:]
+
+
+def test_drill_connection_slots_exhausted(
+    database_url: str, sqs_endpoint: str, db: Any, workers: Any
+) -> None:
+    # The server's max_connections is nearly used up by someone else for 6 s: new
+    # connections (pool growth, reconnects, the handlers' own) are refused meanwhile.
+    settings = make_settings(database_url, sqs_endpoint, **FAST, worker_concurrency=4)
+    for _ in range(2):
+        workers(settings)
+    started = time.monotonic()
+    with TestClient(create_app(settings)) as api:
+        # Attempts are generous: a handler that cannot connect fails its attempt (its own
+        # fault, counted), and this drill is about jobq's connections.
+        accepted = drills.submit_batch(api, JOBS, sleep=0.2, max_attempts=20)
+        wait_for(
+            lambda: drills.count(db, "SELECT count(*) FROM test_executions") >= 4,
+            timeout=60,
+            what="jobs to start",
+        )
+        hogs = _hog_connections(database_url, leave=4)
+        try:
+            time.sleep(6)  # the fault itself
+        finally:
+            for conn in hogs:
+                conn.close()
+        wait_for(lambda: drills.all_final(db, accepted), timeout=120 + JOBS, interval=0.3)
+        result = drills.report(
+            db, f"max_connections exhausted 6 s ({len(hogs)} taken)", accepted, started
+        )
+    assert hogs
     result.assert_safe(duplicates=None)
 
 

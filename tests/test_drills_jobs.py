@@ -76,7 +76,8 @@ def test_drill_a_worker_paused_past_its_lease_then_continued(
     a = workers(settings)
     started = time.monotonic()
     with TestClient(create_app(settings)) as api:
-        job = drills.submit(api, {"task": "cooperative", "payload": {"seconds": 20}})
+        # 8 s: longer than A's lease plus the pause, and B's run is short.
+        job = drills.submit(api, {"task": "cooperative", "payload": {"seconds": 8}})
         wait_for(lambda: _runs_on(db, a.pid) == 1, timeout=60, what="the run on A")
         workers(settings)  # B
         a.send_signal(signal.SIGSTOP)
@@ -103,8 +104,6 @@ def test_drill_a_worker_paused_past_its_lease_then_continued(
         with db.cursor() as cur:
             cur.execute("SELECT finished_at FROM test_executions WHERE pid = %s", (a.pid,))
             a_end = cur.fetchone()[0]
-        with db.cursor() as cur:
-            cur.execute("UPDATE jobs SET payload = '{\"seconds\": 1}' WHERE id = %s", (job,))
         wait_for(lambda: drills.all_final(db, {job}), timeout=60, what="B to finish")
         result = drills.report(
             db, "a worker SIGSTOPped past its lease, then SIGCONT", {job}, started
@@ -209,7 +208,9 @@ def test_drill_a_high_priority_burst_while_low_ones_wait(
     urls = {}
     for priority in ("high", "low"):
         name = f"{settings.sqs_queue_url.rsplit('/', 1)[-1]}-{priority}"
-        urls[priority], _ = ensure_queues(client, name, f"{name}-dlq", visibility_timeout=5)
+        urls[priority], _ = ensure_queues(
+            client, name, f"{name}-dlq", max_receive_count=5, visibility_timeout=5
+        )
     settings = settings.model_copy(
         update={"sqs_high_queue_url": urls["high"], "sqs_low_queue_url": urls["low"]}
     )
