@@ -3,7 +3,8 @@ the effects the drill task records (one test_executions row per run: start, and 
 there), so duplicates and concurrency are measured from what handlers did, not from jobq's
 own bookkeeping.
 
-Sizes are small for `make test`; JOBQ_DRILL_FULL=1 (or JOBQ_DRILL_JOBS) makes them bigger.
+Sizes are small for `make test`; JOBQ_DRILL_FULL=1 makes them bigger (so does JOBQ_DRILL_JOBS,
+which `make drills` sets).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 from tests.helpers import start_worker_process
 
-FULL = os.environ.get("JOBQ_DRILL_FULL", "") not in ("", "0")
+FULL = os.environ.get("JOBQ_DRILL_FULL", "") not in ("", "0") or "JOBQ_DRILL_JOBS" in os.environ
 REPORT = os.environ.get("JOBQ_DRILL_REPORT")  # a JSON-lines file to append results to
 FINAL = ("succeeded", "failed", "cancelled")
 

@@ -57,7 +57,7 @@ class Heartbeat(PeriodicLoop):
         self._lease = lease
 
     def beat(self) -> None:
-        """One renewal; failures are logged and retried on the next beat."""
+        """One renewal; a failure is logged and retried within half an interval."""
         entries = [e for e in self._inflight.snapshot() if e.ctx is not None]
         if not entries:
             return
