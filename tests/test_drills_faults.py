@@ -49,12 +49,13 @@ _TERMINATE = """SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
 def test_drill_pg_terminate_backend_of_jobqs_connections(
     database_url: str, sqs_endpoint: str, db: Any, workers: Any
 ) -> None:
-    settings = make_settings(database_url, sqs_endpoint, **FAST)
+    # 4 slots a worker and 0.5 s jobs: the drill lasts several rounds of terminations.
+    settings = make_settings(database_url, sqs_endpoint, **FAST, worker_concurrency=4)
     for _ in range(2):
         workers(settings)
     started = time.monotonic()
     with TestClient(create_app(settings)) as api:
-        accepted = drills.submit_batch(api, JOBS, sleep=0.2)
+        accepted = drills.submit_batch(api, JOBS, sleep=0.5)
         terminated, rounds = 0, 0
         deadline = time.monotonic() + 90 + JOBS / 5
         while not drills.all_final(db, accepted) and time.monotonic() < deadline:
