@@ -1,6 +1,7 @@
-"""Fault drills, infrastructure side: PostgreSQL connections terminated, SQS refusing, one
-worker's SQS path blackholed while PostgreSQL is fine. Each reports through tests/drills.py
-and must end with 0 lost, 0 concurrent runs and 0 jobs failed without running."""
+"""Fault drills, infrastructure side: PostgreSQL connections terminated or exhausted, SQS
+refusing or hanging, one worker's SQS path blackholed while PostgreSQL is fine. Each reports
+through tests/drills.py and must end with 0 lost, 0 concurrent runs and 0 jobs failed without
+running."""
 
 from __future__ import annotations
 
@@ -118,11 +119,13 @@ def test_drill_connection_slots_exhausted(
     result.assert_safe(duplicates=None)
 
 
-def test_drill_sqs_refusing_connections_longer_than_the_visibility(
-    database_url: str, sqs_endpoint: str, db: Any, workers: Any, sqs_proxy: Any
+@pytest.mark.parametrize("fault", ["refusing", "hanging"])
+def test_drill_sqs_refusing_or_hanging_longer_than_the_visibility(
+    database_url: str, sqs_endpoint: str, db: Any, workers: Any, sqs_proxy: Any, fault: str
 ) -> None:
-    # API and workers reach SQS through the proxy; it refuses every connection for 7 s,
-    # longer than the visibility timeout (5 s), while 3 s jobs run.
+    # API and workers reach SQS through the proxy; for 7 s, longer than the visibility
+    # timeout (5 s), it refuses every connection or accepts and never answers, while 3 s
+    # jobs run and clients keep submitting (each answered 201 promptly).
     settings = make_settings(database_url, sqs_endpoint, **FAST)
     settings = settings.model_copy(update={"sqs_endpoint_url": sqs_proxy.endpoint})
     for _ in range(2):
@@ -135,16 +138,23 @@ def test_drill_sqs_refusing_connections_longer_than_the_visibility(
             timeout=60,
             what="jobs to start",
         )
-        sqs_proxy.cut()
-        refusing_until = time.monotonic() + 7
-        while time.monotonic() < refusing_until:
+        sqs_proxy.cut() if fault == "refusing" else sqs_proxy.hang()
+        slowest = 0.0
+        faulty_until = time.monotonic() + 7
+        while time.monotonic() < faulty_until:
+            asked = time.monotonic()
             accepted.add(drills.submit(api, {"task": "record", "payload": {"sleep": 0.01}}))
-            time.sleep(0.2)  # a trickle of submits while SQS refuses
+            slowest = max(slowest, time.monotonic() - asked)
+            time.sleep(0.2)  # a trickle of submits during the fault
         sqs_proxy.restore()
         wait_for(lambda: drills.all_final(db, accepted), timeout=120 + JOBS, interval=0.3)
         result = drills.report(
-            db, "SQS refusing connections 7 s (visibility 5 s)", accepted, started
+            db,
+            f"SQS {fault} 7 s (visibility 5 s; slowest submit {slowest:.2f} s)",
+            accepted,
+            started,
         )
+    assert slowest < 2  # submits never wait on SQS
     result.assert_safe()
 
 
