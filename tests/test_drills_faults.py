@@ -17,8 +17,8 @@ from fastapi.testclient import TestClient
 
 from app.api.app import create_app
 from tests import drills
-from tests.conftest import make_settings
-from tests.faults import Proxy
+from tests.conftest import TEST_MAX_RECEIVE_COUNT, make_settings
+from tests.faults import Proxy, postgres_socket
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.drill
@@ -42,6 +42,41 @@ def sqs_proxy(sqs_endpoint: str) -> Any:
 
 # Short leases so that a fault outlasts one (the interesting case) within seconds.
 FAST = {"visibility_timeout_seconds": 5, "heartbeat_seconds": 1.0}
+
+
+def test_drill_postgresql_unreachable_longer_than_max_receive_count_times_visibility(
+    database_url: str, sqs_endpoint: str, db: Any, workers: Any
+) -> None:
+    # The workers lose PostgreSQL for longer than maxReceiveCount x visibility (4 x 5 s), after
+    # which SQS would have dead-lettered every message it kept delivering; the API (its own
+    # connection) keeps accepting jobs meanwhile.
+    settings = make_settings(database_url, sqs_endpoint, **FAST)
+    outage = TEST_MAX_RECEIVE_COUNT * 5 + 2
+    proxy = Proxy(postgres_socket(database_url))
+    try:
+        behind = settings.model_copy(update={"database_url": proxy.database_url(database_url)})
+        for _ in range(2):
+            workers(behind)
+        started = time.monotonic()
+        with TestClient(create_app(settings)) as api:
+            accepted = drills.submit_batch(api, JOBS, sleep=0.05)
+            proxy.cut()
+            down_until = time.monotonic() + outage
+            while time.monotonic() < down_until:
+                accepted |= drills.submit_batch(api, 5, sleep=0.05)
+                time.sleep(1)  # a trickle of submits during the outage
+            proxy.restore()
+            wait_for(lambda: drills.all_final(db, accepted), timeout=120 + JOBS, interval=0.3)
+            result = drills.report(
+                db,
+                f"workers' PostgreSQL unreachable {outage} s (4 x visibility 5 s)",
+                accepted,
+                started,
+            )
+    finally:
+        proxy.close()
+    result.assert_safe()
+
 
 _TERMINATE = """SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
                 WHERE application_name = 'jobq' AND pid <> pg_backend_pid()"""
