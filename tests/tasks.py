@@ -31,7 +31,8 @@ def _connect() -> Any:
 
 @task("record")
 def record(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
-    """Record start and end of this execution; optionally sleep or crash the process."""
+    """Record start and end of this execution; optionally sleep, crash the process, or fail
+    (after recording the end) on the first `fail_attempts` attempts."""
     conn = _connect()
     try:
         with conn.cursor() as cur:
@@ -49,6 +50,8 @@ def record(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
             cur.execute("UPDATE test_executions SET finished_at = now() WHERE id = %s", (row_id,))
     finally:
         conn.close()
+    if ctx.attempt <= int(payload.get("fail_attempts", 0)):
+        raise RuntimeError(f"failing attempt {ctx.attempt} on purpose")
     return {"attempt": ctx.attempt, "pid": os.getpid()}
 
 

@@ -9,13 +9,10 @@ the report.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
-import subprocess
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,87 +25,19 @@ from app.api.app import create_app
 from app.cli.dev import SqsServer, start_postgres
 from app.migrate import upgrade
 from app.sqs.queue import make_sqs_client
+from tests import drills
 from tests.conftest import create_database, make_settings
 from tests.helpers import (
     api_process,
     delete_messages,
     log_mentions,
-    start_worker_process,
     wait_for,
 )
 from tests.tasks import EXECUTIONS_DDL
 
-JOBS = int(os.environ.get("JOBQ_DRILL_JOBS", "120"))
-OUTAGE = float(os.environ.get("JOBQ_DRILL_OUTAGE_SECONDS", "3"))
-REPORT = os.environ.get("JOBQ_DRILL_REPORT")  # a JSON file to append results to
+JOBS = int(os.environ.get("JOBQ_DRILL_JOBS", str(drills.size(120, 2000))))
+OUTAGE = float(os.environ.get("JOBQ_DRILL_OUTAGE_SECONDS", str(drills.size(3, 10))))
 pytestmark = pytest.mark.drill
-
-
-@dataclass
-class DrillReport:
-    """What a drill observed."""
-
-    drill: str
-    accepted: int
-    succeeded: int
-    failed: int
-    lost: int
-    duplicate_executions: int
-    concurrent_executions: int
-    seconds: float
-
-
-def _report(conn: Any, drill: str, accepted: set[str], started: float) -> DrillReport:
-    with conn.cursor() as cur:
-        cur.execute("SELECT id::text, status FROM jobs")
-        status = dict(cur.fetchall())
-        cur.execute(
-            "SELECT job_id::text, count(*) - 1 FROM test_executions GROUP BY 1 HAVING count(*) > 1"
-        )
-        duplicates = sum(n for _, n in cur.fetchall())
-        # Two finished executions of one job whose intervals overlap ran concurrently.
-        cur.execute(
-            """SELECT count(*) FROM test_executions a JOIN test_executions b
-               ON a.job_id = b.job_id AND a.id < b.id
-               WHERE a.finished_at IS NOT NULL AND b.finished_at IS NOT NULL
-                 AND a.started_at < b.finished_at AND b.started_at < a.finished_at"""
-        )
-        concurrent = cur.fetchone()[0]
-    final = {"succeeded", "failed", "cancelled"}
-    result = DrillReport(
-        drill=drill,
-        accepted=len(accepted),
-        succeeded=sum(status.get(j) == "succeeded" for j in accepted),
-        failed=sum(status.get(j) == "failed" for j in accepted),
-        lost=sum(status.get(j) not in final for j in accepted),
-        duplicate_executions=duplicates,
-        concurrent_executions=concurrent,
-        seconds=round(time.monotonic() - started, 1),
-    )
-    print(f"\nDRILL {json.dumps(asdict(result))}")
-    if REPORT:
-        with open(REPORT, "a") as fh:
-            fh.write(json.dumps(asdict(result)) + "\n")
-    return result
-
-
-def _all_final(conn: Any, accepted: set[str]) -> bool:
-    with conn.cursor() as cur:
-        cur.execute(
-            "SELECT count(*) FROM jobs WHERE id::text = ANY(%s)"
-            " AND status IN ('succeeded', 'failed', 'cancelled')",
-            (list(accepted),),
-        )
-        return bool(cur.fetchone()[0] == len(accepted))
-
-
-def _submit_batch(api: Any, n: int, sleep: float = 0.05) -> set[str]:
-    ids: set[str] = set()
-    for start in range(0, n, 100):
-        jobs = [{"task": "record", "payload": {"sleep": sleep}}] * min(100, n - start)
-        body = api.post("/jobs/batch", json={"jobs": jobs}).json()
-        ids |= {item["job"]["id"] for item in body["items"]}
-    return ids
 
 
 def _submit_plain(api: Any, n: int) -> set[str]:
@@ -124,19 +53,7 @@ def _submit_plain(api: Any, n: int) -> set[str]:
 @pytest.fixture
 def workers(tmp_path: Path) -> Any:
     """Start worker processes; all are stopped at teardown."""
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(settings: Any) -> subprocess.Popen[bytes]:
-        proc = start_worker_process(settings, tmp_path / f"w{len(procs)}.log")
-        procs.append(proc)
-        return proc
-
-    start.procs = procs  # type: ignore[attr-defined]
-    yield start
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-        p.wait(10)
+    yield from drills.worker_processes(tmp_path)
 
 
 def test_drill_sigkill_workers_repeatedly(
@@ -155,11 +72,11 @@ def test_drill_sigkill_workers_repeatedly(
     live = [workers(settings) for _ in range(3)]
     started = time.monotonic()
     with TestClient(create_app(settings)) as api:
-        accepted = _submit_batch(api, JOBS, sleep=0.25)
+        accepted = drills.submit_batch(api, JOBS, sleep=0.25)
         deadline = time.monotonic() + 120 + JOBS / 5
         next_kill = time.monotonic() + 1
         kills = 0
-        while not _all_final(db, accepted) and time.monotonic() < deadline:
+        while not drills.all_final(db, accepted) and time.monotonic() < deadline:
             if time.monotonic() >= next_kill:
                 victim = random.choice([p for p in live if p.poll() is None])
                 victim.send_signal(signal.SIGKILL)
@@ -168,10 +85,11 @@ def test_drill_sigkill_workers_repeatedly(
                 kills += 1
                 next_kill = time.monotonic() + 1 + random.random() * 2
             time.sleep(0.2)  # the drill's pace, not synchronisation: state is polled
-        result = _report(db, f"SIGKILL a worker every 1-3 s ({kills} kills)", accepted, started)
+        result = drills.report(
+            db, f"SIGKILL a worker every 1-3 s ({kills} kills)", accepted, started
+        )
     assert kills >= 1
-    assert result.lost == 0 and result.concurrent_executions == 0
-    assert result.succeeded == result.accepted
+    result.assert_safe(duplicates=None)
 
 
 def test_drill_sqs_outage_during_submission_and_processing(
@@ -184,7 +102,7 @@ def test_drill_sqs_outage_during_submission_and_processing(
             workers(settings)
         started = time.monotonic()
         with TestClient(create_app(settings)) as api:
-            accepted = _submit_batch(api, JOBS // 2)
+            accepted = drills.submit_batch(api, JOBS // 2)
             server.stop()
             outage_ends = time.monotonic() + OUTAGE
             while time.monotonic() < outage_ends:
@@ -192,12 +110,11 @@ def test_drill_sqs_outage_during_submission_and_processing(
                 assert resp.status_code == 201  # accepted while SQS is down
                 accepted.add(resp.json()["id"])
             server = SqsServer(port=server.port).start()
-            wait_for(lambda: _all_final(db, accepted), timeout=120 + JOBS / 5, interval=0.3)
-            result = _report(db, f"SQS down {OUTAGE:g} s", accepted, started)
+            wait_for(lambda: drills.all_final(db, accepted), timeout=120 + JOBS / 5, interval=0.3)
+            result = drills.report(db, f"SQS down {OUTAGE:g} s", accepted, started)
     finally:
         server.stop()
-    assert result.lost == 0 and result.concurrent_executions == 0
-    assert result.duplicate_executions == 0 and result.succeeded == result.accepted
+    result.assert_safe()
 
 
 def test_drill_postgres_restart_during_processing(
@@ -218,7 +135,7 @@ def test_drill_postgres_restart_during_processing(
             workers(settings)
         started = time.monotonic()
         with TestClient(create_app(settings)) as api:
-            accepted = _submit_batch(api, JOBS, sleep=0.1)
+            accepted = drills.submit_batch(api, JOBS, sleep=0.1)
             accepted |= _submit_plain(api, 3)  # the committing thread now holds a connection
             conn.close()
             _restart_postgres(server, down_seconds=OUTAGE)
@@ -226,8 +143,10 @@ def test_drill_postgres_restart_during_processing(
             accepted |= _submit_plain(api, 3)
             conn = psycopg2.connect(db_url)
             conn.autocommit = True
-            wait_for(lambda: _all_final(conn, accepted), timeout=120 + JOBS / 5, interval=0.3)
-            result = _report(conn, f"PostgreSQL restart ({OUTAGE:g} s down)", accepted, started)
+            wait_for(lambda: drills.all_final(conn, accepted), timeout=120 + JOBS / 5, interval=0.3)
+            result = drills.report(
+                conn, f"PostgreSQL restart ({OUTAGE:g} s down)", accepted, started
+            )
         conn.close()
     finally:
         if env_db:
@@ -236,8 +155,7 @@ def test_drill_postgres_restart_during_processing(
             p.kill()
             p.wait(10)
         server.cleanup()
-    assert result.lost == 0 and result.concurrent_executions == 0
-    assert result.succeeded == result.accepted
+    result.assert_safe(duplicates=None)
 
 
 def _restart_postgres(server: Any, down_seconds: float) -> None:
@@ -256,28 +174,21 @@ def test_drill_sigterm_all_workers_then_restart(
     first = [workers(settings) for _ in range(2)]
     started = time.monotonic()
     with TestClient(create_app(settings)) as api:
-        accepted = _submit_batch(api, JOBS, sleep=0.1)
+        accepted = drills.submit_batch(api, JOBS, sleep=0.1)
         wait_for(
-            lambda: _count(db, "SELECT count(*) FROM test_executions") >= JOBS // 4,
+            lambda: drills.count(db, "SELECT count(*) FROM test_executions") >= JOBS // 4,
             timeout=120,
             what="a quarter of the jobs to start",
         )
         for p in first:
             p.send_signal(signal.SIGTERM)
         assert [p.wait(40) for p in first] == [0, 0]
-        assert _count(db, "SELECT count(*) FROM jobs WHERE status = 'running'") == 0
+        assert drills.count(db, "SELECT count(*) FROM jobs WHERE status = 'running'") == 0
         for _ in range(2):
             workers(settings)
-        wait_for(lambda: _all_final(db, accepted), timeout=120 + JOBS / 5, interval=0.3)
-        result = _report(db, "SIGTERM all workers, restart", accepted, started)
-    assert result.lost == 0 and result.concurrent_executions == 0
-    assert result.duplicate_executions == 0 and result.succeeded == result.accepted
-
-
-def _count(conn: Any, sql: str) -> int:
-    with conn.cursor() as cur:
-        cur.execute(sql)
-        return int(cur.fetchone()[0])
+        wait_for(lambda: drills.all_final(db, accepted), timeout=120 + JOBS / 5, interval=0.3)
+        result = drills.report(db, "SIGTERM all workers, restart", accepted, started)
+    result.assert_safe()
 
 
 # A job whose message vanished counts as drifted 5 s (visibility) + 0.5 s after it was due.
@@ -295,17 +206,20 @@ def test_drill_sqs_messages_deleted_behind_jobqs_back(
     settings = make_settings(database_url, sqs_endpoint, **RECONCILE_FAST)
     started = time.monotonic()
     with TestClient(create_app(settings)) as api:
-        accepted = _submit_batch(api, JOBS)
-        wait_for(lambda: _count(db, "SELECT count(*) FROM jobs WHERE published_at IS NULL") == 0)
+        accepted = drills.submit_batch(api, JOBS)
+        wait_for(
+            lambda: drills.count(db, "SELECT count(*) FROM jobs WHERE published_at IS NULL") == 0
+        )
         # Half the queued jobs lose their message (an operator's cleanup, a retention expiry).
         deleted = delete_messages(make_sqs_client(settings), settings.sqs_queue_url, JOBS // 2)
         for _ in range(2):
             workers(settings)
-        wait_for(lambda: _all_final(db, accepted), timeout=120 + JOBS / 5, interval=0.3)
-        result = _report(db, f"{deleted} queued jobs' SQS messages deleted", accepted, started)
+        wait_for(lambda: drills.all_final(db, accepted), timeout=120 + JOBS / 5, interval=0.3)
+        result = drills.report(
+            db, f"{deleted} queued jobs' SQS messages deleted", accepted, started
+        )
     assert deleted == JOBS // 2
-    assert result.lost == 0 and result.concurrent_executions == 0
-    assert result.duplicate_executions == 0 and result.succeeded == result.accepted
+    result.assert_safe()
 
 
 def test_drill_two_api_processes_reconciler_leader_killed(
@@ -316,8 +230,10 @@ def test_drill_two_api_processes_reconciler_leader_killed(
     started = time.monotonic()
     with api_process(settings, logs[0]) as a, api_process(settings, logs[1]) as b:
         with httpx.Client(base_url=a[0], timeout=30) as api:
-            accepted = _submit_batch(api, JOBS)
-        wait_for(lambda: _count(db, "SELECT count(*) FROM jobs WHERE published_at IS NULL") == 0)
+            accepted = drills.submit_batch(api, JOBS)
+        wait_for(
+            lambda: drills.count(db, "SELECT count(*) FROM jobs WHERE published_at IS NULL") == 0
+        )
         make_sqs_client(settings).purge_queue(QueueUrl=settings.sqs_queue_url)
         # The process that repairs the loss led that pass: SIGKILL it.
         first = wait_for(
@@ -342,8 +258,8 @@ def test_drill_two_api_processes_reconciler_leader_killed(
         takeover = time.monotonic() - killed
         for _ in range(2):
             workers(settings)
-        wait_for(lambda: _all_final(db, accepted), timeout=120 + JOBS / 5, interval=0.3)
-        result = _report(
+        wait_for(lambda: drills.all_final(db, accepted), timeout=120 + JOBS / 5, interval=0.3)
+        result = drills.report(
             db,
             f"2 API processes, reconciler leader killed (takeover {takeover:.1f} s)",
             accepted,
@@ -352,5 +268,4 @@ def test_drill_two_api_processes_reconciler_leader_killed(
     # Due again visibility + margin after the leader's re-send, and missing once deleted; then
     # at most one interval (the rest is slack for a loaded machine).
     assert takeover < deleting + 5 + 0.5 + 5, (takeover, deleting)
-    assert result.lost == 0 and result.concurrent_executions == 0
-    assert result.duplicate_executions == 0 and result.succeeded == result.accepted
+    result.assert_safe()

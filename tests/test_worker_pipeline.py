@@ -108,6 +108,7 @@ def test_a_busy_worker_receives_and_deletes_full_batches(
 
     worker.sqs.receive = recording_receive  # type: ignore[method-assign]
     worker.sqs.delete_batch = recording_delete  # type: ignore[method-assign]
+    worker.after_commit.use(worker.sqs)  # deletes go through the recording queue too
     worker.start()
     wait_for(
         lambda: set(job_statuses(db, ids).values()) == {"succeeded"},

@@ -1,7 +1,8 @@
 """Completer: record outcomes with one guarded update per batch, then act on the messages.
 
 Jobs that finish close together are completed together: one statement and one commit for
-the batch, then the fresh (delayed) messages of jobs that run again, then one
+the batch; then, on the after-commit thread (worker/after_commit.py, so a hung SQS never
+holds up the next commit), the fresh (delayed) messages of jobs that run again and one
 DeleteMessageBatch per 10 messages. The database is always written first, so a crash in
 between only causes a redelivery of a finished job, which the next claim recognises as a
 duplicate, or a retry the dispatcher sends.
@@ -29,6 +30,7 @@ from app.sqs.limits import MAX_BATCH, MAX_DELAY_SECONDS
 from app.sqs.queue import Message, Outgoing, SqsQueue
 from app.tasks.retry import Backoff as RetrySchedule
 from worker import policy
+from worker.after_commit import AfterCommit
 from worker.encode import describe, safe_text
 from worker.executor import Outcome
 
@@ -71,10 +73,12 @@ class Completer(BackgroundLoop):
         fill: int = MAX_BATCH,
         others_running: Callable[[int], bool] | None = None,
         stopping: threading.Event | None = None,
+        actions: AfterCommit | None = None,
     ) -> None:
         super().__init__("jobq-completer")
         self._db = db
-        self._sqs = sqs
+        # SQS calls after a commit; not started (synchronous use) they run inline.
+        self.actions = actions or AfterCommit(sqs)
         self._worker_id = worker_id
         self._backoff_for = backoff_for
         self._db_retry_seconds = db_retry_seconds
@@ -262,24 +266,28 @@ class Completer(BackgroundLoop):
         # The job states are committed: if an SQS call fails, the message reappears later
         # and is handled as a duplicate of a finished (or retrying) job, and a retry whose
         # fresh message was not sent is sent by the dispatcher. Nothing is lost.
-        try:
-            if resend:
-                sent = self._sqs.send_batch(resend)
-                self._db.run(lambda conn: queries.mark_published(conn, sent))
-            if deletes and self._sqs.delete_batch(deletes):
-                log.warning("SQS refused some deletes; those messages come back as duplicates")
-        except JobqError as exc:
-            log.warning("SQS action after commit failed: %s", exc)
+        if resend or deletes:
+            self.actions.submit(lambda sqs: self._act(sqs, resend, deletes))
+
+    def _act(self, sqs: SqsQueue, resend: list[Outgoing], deletes: list[Message]) -> None:
+        """On the after-commit thread: the fresh messages first, then the deletes."""
+        if resend:
+            sent = sqs.send_batch(resend)
+            self._db.run(lambda conn: queries.mark_published(conn, sent))
+        if deletes and sqs.delete_batch(deletes):
+            log.warning("SQS refused some deletes; those messages come back as duplicates")
 
     def _send_released(self) -> None:
         """Workflow children queued by this batch's commit: send them (a failed send is
         re-sent by the dispatcher, which looks for queued jobs without a confirmed send)."""
         ready, self._released = self._released, []
-        if not ready:
-            return
+        if ready:
+            self.actions.submit(lambda sqs: self._send_ready(sqs, ready))
+
+    def _send_ready(self, sqs: SqsQueue, ready: list[Ready]) -> None:
         try:
             out = [Outgoing(r.id, r.trace_id, 0, r.priority, r.queue) for r in ready]
-            sent = self._sqs.send_batch(out)
+            sent = sqs.send_batch(out)
             self._db.run(lambda conn: queries.mark_published(conn, sent))
         except JobqError as exc:
             log.warning("sending %d released workflow job(s) failed: %s", len(ready), exc)

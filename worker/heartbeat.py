@@ -12,11 +12,12 @@ from __future__ import annotations
 import logging
 import time
 
+from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db import translate_db_errors
 from app.jobs import queries, transitions
-from app.loops import PeriodicLoop
+from app.loops import Backoff, PeriodicLoop
 from app.sqs.queue import SqsQueue
 from worker.inflight import InFlight
 
@@ -39,21 +40,31 @@ class Heartbeat(PeriodicLoop):
         lease: float,
         margin: float = 0.0,
     ) -> None:
-        super().__init__("jobq-heartbeat", interval=interval, logger=log)
+        # A failed renewal is tried again within the interval (never a backoff grown past
+        # it): a lease survives an outage up to lease - margin - interval/2 seconds long.
+        super().__init__(
+            "jobq-heartbeat",
+            interval=interval,
+            logger=log,
+            backoff=lambda: Backoff(min(0.25, interval / 4), 2.0, interval / 2),
+        )
         self._margin = margin
+        # No renewal waits longer than this on a lock or a slow server: the next try is soon.
+        self._statement_ms = int(max(1.0, interval) * 1000)
         self._inflight = inflight
         self._sessions = sessions
         self._worker_id = worker_id
         self._lease = lease
 
     def beat(self) -> None:
-        """One renewal; failures are logged and retried on the next beat."""
+        """One renewal; a failure is logged and retried within half an interval."""
         entries = [e for e in self._inflight.snapshot() if e.ctx is not None]
         if not entries:
             return
         sent_at = time.monotonic()
         ids = [e.ctx.job_id for e in entries if e.ctx is not None]
         with translate_db_errors(), self._sessions.begin() as session:
+            session.execute(text(f"SET LOCAL statement_timeout = {self._statement_ms}"))
             held = transitions.extend_leases(session, self._worker_id, ids, self._lease)
         for e in entries:
             assert e.ctx is not None
@@ -103,19 +114,36 @@ class ProgressWriter(PeriodicLoop):
 
 
 class VisibilityKeeper(PeriodicLoop):
-    """Every few seconds: keep every held message invisible in SQS (short-timeout calls)."""
+    """Every few seconds: keep held messages invisible in SQS (short-timeout calls), as long as
+    their lease in PostgreSQL is proven.
+
+    A claimed job whose lease was not renewed in time is no longer hidden: the watchdog is
+    stopping it, and its message reappears at the end of its current visibility (about when
+    the lease ends), so another worker takes the job over instead of it being held by a
+    worker that cannot reach PostgreSQL (the new claim waits for the lease plus the margin).
+    """
 
     def __init__(
-        self, inflight: InFlight, sqs: SqsQueue, *, interval: float, visibility: int
+        self,
+        inflight: InFlight,
+        sqs: SqsQueue,
+        *,
+        interval: float,
+        visibility: int,
+        margin: float = 0.0,
     ) -> None:
         super().__init__("jobq-visibility", interval=interval, logger=log)
         self._inflight = inflight
         self._sqs = sqs
         self._visibility = visibility
+        self._margin = margin
 
     def tick(self) -> float | None:
-        """Extend the visibility of what is held now."""
-        entries = self._inflight.snapshot()
+        """Extend the visibility of what is held now under a live lease (or being claimed)."""
+        proven_after = time.monotonic() - self._visibility + self._margin
+        entries = [
+            e for e in self._inflight.snapshot() if e.ctx is None or e.renewed_at > proven_after
+        ]
         if entries:
             self._sqs.change_visibility_batch([e.message for e in entries], self._visibility)
         return None

@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Callable
 from types import FrameType
+from typing import Any
 
 from app.catalogue.wiring import CataloguePublisher
 from app.config import Settings
@@ -26,6 +27,7 @@ from app.sqs.limits import MAX_BATCH
 from app.sqs.queue import SqsQueue, make_sqs_client
 from app.tasks.retry import Backoff as RetrySchedule
 from worker import policy, retry
+from worker.after_commit import AfterCommit
 from worker.completer import Completer, Completion
 from worker.consumer import Consumer
 from worker.dispatch import Dispatch, job_extra
@@ -38,7 +40,8 @@ from worker.presence import Presence
 
 log = logging.getLogger("jobq.worker")
 
-# Heartbeat SQS calls give up quickly: a hung call must not outlast a heartbeat interval.
+# Heartbeat and after-commit SQS calls give up quickly: a hung call must not outlast a
+# heartbeat interval, nor hold up the deletes of later outcomes for long.
 HEARTBEAT_SQS_TIMEOUT = 5.0
 
 
@@ -83,6 +86,7 @@ class Worker:
         # every poller can have a batch in flight).
         batch = max(1, min(MAX_BATCH, s.worker_concurrency // s.effective_pollers))
         linger = s.batch_linger_ms / 1000
+        self.after_commit = AfterCommit(self.sqs.with_client(self._short_sqs_client()))
         self.completer = Completer(
             self.db,
             self.sqs,
@@ -93,6 +97,7 @@ class Worker:
             fill=batch,
             others_running=lambda taken: self.inflight.held() > taken,
             stopping=self._stopped,
+            actions=self.after_commit,
         )
         self.dispatch = Dispatch(
             runtime,
@@ -128,11 +133,10 @@ class Worker:
         )
         self.visibility = VisibilityKeeper(
             self.inflight,
-            self.sqs.with_client(
-                make_sqs_client(s, read_timeout=HEARTBEAT_SQS_TIMEOUT, connect_timeout=2, retries=1)
-            ),
+            self.sqs.with_client(self._short_sqs_client()),
             interval=beat,
             visibility=lease,
+            margin=self.limits.lease_margin,
         )
         self.progress = ProgressWriter(
             self.inflight, runtime.sessions, self.worker_id, interval=s.progress_interval_seconds
@@ -150,6 +154,11 @@ class Worker:
         self._schedules_declared = False
         # The API validates submits against what workers publish here (it has no task code).
         self.catalogue = CataloguePublisher(runtime.sessions, runtime.registry, s)
+
+    def _short_sqs_client(self) -> Any:
+        return make_sqs_client(
+            self.settings, read_timeout=HEARTBEAT_SQS_TIMEOUT, connect_timeout=2, retries=1
+        )
 
     def _backoff_for(self, task: str) -> RetrySchedule:
         try:
@@ -180,6 +189,7 @@ class Worker:
             part.start()
         self.presence.start()
         self.catalogue.start()
+        self.after_commit.start()
         self.completer.start()
         self.consumer.start()
         # SQS may be unreachable right now: that must not stop the worker from starting.
@@ -299,6 +309,9 @@ class Worker:
             self._interrupt_running(cooperative)
         self.consumer.join(max(0.0, deadline - time.monotonic()))
         self.completer.stop(max(1.0, deadline - time.monotonic()))
+        # Deletes of what was just recorded, within the grace (a message not deleted comes
+        # back and is settled as a duplicate).
+        self.after_commit.stop(max(0.5, deadline - time.monotonic() - 1.0))
         for part in (
             self.heartbeat,
             self.visibility,
