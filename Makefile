@@ -123,7 +123,7 @@ drills: $(DEV_STAMP)
 	JOBQ_DRILL_JOBS=$${JOBQ_DRILL_JOBS:-2000} JOBQ_DRILL_OUTAGE_SECONDS=$${JOBQ_DRILL_OUTAGE_SECONDS:-10} \
 	JOBQ_DRILL_REPORT=bench/results/drills.jsonl \
 	$(BIN)/python bench/with_fauxqs.py \
-	$(BIN)/python -m pytest tests/test_drills.py -m drill -q -s -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests/test_drills.py tests/test_drills_faults.py tests/test_drills_jobs.py -m drill -q -s -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check app worker jobq tests migrations

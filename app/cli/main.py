@@ -72,9 +72,10 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from worker.runner import Worker
 
     # Handlers do not use our pool: the consumer, completer, heartbeat, DLQ consumer and
-    # duplicate-message checks do, a few at a time. Each poller claims on a connection of its
-    # own, so there is one per poller on top (2 pollers: 8, as before pollers were automatic).
-    pool = min(settings.worker_concurrency, 4) + 2 + settings.effective_pollers
+    # duplicate-message checks do, a few at a time, and the after-commit SQS thread
+    # (worker/after_commit.py) holds one when it marks sends published. Each poller claims on a
+    # connection of its own, so there is one per poller on top.
+    pool = min(settings.worker_concurrency, 4) + 3 + settings.effective_pollers
     runtime = build_runtime(settings, pool_size=pool)
     from app.observability import otel
 
