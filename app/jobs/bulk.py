@@ -1,5 +1,5 @@
 """Bulk actions on every job a search matches (retry, cancel, redrive from the DLQ), in
-bounded batches, each its own transaction of guarded updates (app/jobs/transitions.py)."""
+bounded batches, each its own transaction of guarded updates (app/jobs/transitions/)."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ class JobStatus(StrEnum):
 S = JobStatus
 
 # target status -> the statuses it may be entered from. Every UPDATE that writes jobs.status is
-# in app/jobs/transitions.py and guards its WHERE clause with statuses taken from this table, so
+# in app/jobs/transitions/ and guards its WHERE clause with statuses taken from this table, so
 # a transition the table does not allow changes zero rows.
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     # Only ever the status a job is inserted with (run_at beyond SQS's 15-minute delay).
