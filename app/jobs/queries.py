@@ -8,7 +8,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Connection, Row, Table, delete, insert, or_, select, text, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Row,
+    Table,
+    delete,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -356,16 +367,30 @@ def failed_jobs(
     limit: int = 100,
 ) -> list[Job]:
     """Failed jobs, most recently failed first, filtered like a redrive (jobq dlq list)."""
-    stmt = select(Job).where(Job.status == JobStatus.FAILED.value)
-    if task:
-        stmt = stmt.where(Job.task == task)
-    if failed_after:
-        stmt = stmt.where(Job.finished_at >= failed_after)
-    if failed_before:
-        stmt = stmt.where(Job.finished_at < failed_before)
-    if dead_lettered_only:
-        stmt = stmt.where(Job.dead_lettered_at.isnot(None))
+    stmt = select(Job).where(
+        Job.status == JobStatus.FAILED.value,
+        *redrive_conditions(task, failed_after, failed_before, dead_lettered_only),
+    )
     return list(session.scalars(stmt.order_by(Job.finished_at.desc()).limit(limit)))
+
+
+def redrive_conditions(
+    task: str | None,
+    failed_after: datetime | None,
+    failed_before: datetime | None,
+    dead_lettered_only: bool,
+) -> list[ColumnElement[bool]]:
+    """The filters of a redrive (jobq dlq list/redrive, bulk retry) as SQL conditions."""
+    conditions: list[ColumnElement[bool]] = []
+    if task:
+        conditions.append(Job.task == task)
+    if failed_after:
+        conditions.append(Job.finished_at >= failed_after)
+    if failed_before:
+        conditions.append(Job.finished_at < failed_before)
+    if dead_lettered_only:
+        conditions.append(Job.dead_lettered_at.isnot(None))
+    return conditions
 
 
 def insert_tick(session: Session, row: dict[str, Any]) -> Any:

@@ -11,6 +11,7 @@ from sqlalchemy import Row, Select, select, text, update
 from sqlalchemy.orm import Session
 
 from app.jobs.models import Job
+from app.jobs.queries import redrive_conditions
 from app.jobs.states import (
     CANCELLABLE_NOW,
     RETRYABLE_BY_USER,
@@ -97,14 +98,7 @@ def _requeue_selection(
     stmt = select(Job.id).where(Job.status.in_(_allowed([S.QUEUED], wanted)))
     if ids:
         stmt = stmt.where(Job.id.in_(ids))
-    if task:
-        stmt = stmt.where(Job.task == task)
-    if failed_after:
-        stmt = stmt.where(Job.finished_at >= failed_after)
-    if failed_before:
-        stmt = stmt.where(Job.finished_at < failed_before)
-    if dead_lettered_only:
-        stmt = stmt.where(Job.dead_lettered_at.isnot(None))
+    stmt = stmt.where(*redrive_conditions(task, failed_after, failed_before, dead_lettered_only))
     return stmt.order_by(Job.finished_at).limit(limit).with_for_update(skip_locked=True)
 
 
