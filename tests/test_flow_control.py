@@ -127,6 +127,23 @@ def test_rate_limit_spaces_starts_across_two_workers(
     assert set(rows(db, "SELECT attempts FROM jobs WHERE id::text = ANY(%s)", ids)) == {(1,)}
 
 
+def test_two_messages_of_a_rate_limited_job_in_one_receive_cost_no_attempt(
+    api: Any, db: Any, settings: Settings, runtime: Any, worker_factory: Any
+) -> None:
+    # One token: had the first copy been admitted and the second held back, the job's claim
+    # would have had no message left to run it (attempt 1 lost, run again after its lease).
+    assert api.patch("/tasks/record/controls", json={"rate_limit": "1/10s"}).status_code == 200
+    (job,) = _submit(api, 1)
+    for _ in range(2):  # what a dispatcher re-publish racing the first send leaves behind
+        runtime.sqs.client.send_message(
+            QueueUrl=settings.sqs_queue_url, MessageBody=f'{{"job_id": "{job}"}}'
+        )
+    worker_factory()
+    wait_for(lambda: _all(db, [job], "succeeded"), timeout=60, what="the job to succeed")
+    assert rows(db, "SELECT attempts, crashes FROM jobs WHERE id = %s", job) == [(1, 0)]
+    assert len(rows(db, "SELECT 1 FROM test_executions WHERE job_id::text = %s", job)) == 1
+
+
 def _deferred(reason: str) -> float:
     """jobq_jobs_deferred_total{reason} of this process's workers."""
     from prometheus_client import REGISTRY

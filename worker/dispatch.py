@@ -102,6 +102,7 @@ class Dispatch:
             for e in nameless:
                 self.inflight.remove(e.message)
         named = [e for e in entries if e.message.job_id is not None]
+        named = self._one_per_job(named)
         if not named:
             return
         ids = [e.message.job_id for e in named if e.message.job_id is not None]
@@ -132,6 +133,31 @@ class Dispatch:
             e.ctx.cancelled.expire_at(sent_at + lease - self.limits.lease_margin)
             e.job = job
             self.pool.submit(functools.partial(self._run, e))
+
+    def _one_per_job(self, named: list[Entry]) -> list[Entry]:
+        """The first message of each job in this receive; the other copies are deleted.
+
+        A re-publish racing the first send puts two messages of one job in one receive. One
+        copy decides for both: had flow control admitted one copy and held back the other by
+        job id, the claim would have had no message to run it (a lost attempt).
+        """
+        first: dict[uuid.UUID, Entry] = {}
+        copies: list[Entry] = []
+        for e in named:
+            assert e.message.job_id is not None
+            if e.message.job_id in first:
+                copies.append(e)
+            else:
+                first[e.message.job_id] = e
+        if copies:
+            log.info("deleting %d duplicate message(s) of one receive", len(copies))
+            try:
+                self.sqs.delete_batch([e.message for e in copies])
+            except JobqError as exc:  # they come back later as ordinary duplicates
+                log.warning("could not delete %d duplicate message(s): %s", len(copies), exc)
+            for e in copies:
+                self.inflight.remove(e.message)
+        return list(first.values())
 
     def _claim(
         self, conn: Connection, ids: list[uuid.UUID], lease: float
