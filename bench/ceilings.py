@@ -6,12 +6,16 @@ slowest of its three loops (each figure is an upper bound: CPU, the servers and 
 run time only lower it):
 
   receive  = P · min(10, C/P) / (S + T)              a poller: ReceiveMessage, then the claim
-  complete = B / (T + ceil(B/10)·S / F)              the completer: one UPDATE for a batch of B
-             -> B = 100: 100 / (T + 10·S/F)          then ceil(B/10) DeleteMessageBatch, F at once
-  slots    = C / (2·S + 2·T)                         a slot is held at least from the receive
-                                                     to the delete (the completer's batch fill,
-                                                     <= JOBQ_BATCH_LINGER_MS, and its one batch
-                                                     at a time cycle T + S come on top)
+  complete = min(B / T, 10·F / S)                    the completer: one UPDATE for a batch of
+                                                     B = 100; the after-commit thread deletes
+                                                     10·F messages per round trip
+  slots    = C / (S + 2·T)                           a slot is held at least from the receive
+                                                     to the finish's commit (the batch fills,
+                                                     <= JOBQ_BATCH_LINGER_MS, come on top)
+
+Before the after-commit thread (worker/after_commit.py) the completer deleted a batch before
+freeing its slots and starting the next: complete = B / (T + ceil(B/10)·S / F), slots =
+C / (2·S + 2·T). `worker_pattern` tells which one the installed jobq has.
 
 API: `POST /jobs` with N clients is bound by N / (HTTP + group commit T) per request; the
 publisher by publish_threads · 10 / S messages per second.
@@ -34,6 +38,7 @@ class CallPattern:
     pollers: int
     deletes_in_flight: int
     linger_s: float
+    deletes_after_commit: bool = True  # slots freed at commit, deletes on their own thread
 
 
 def worker_pattern(concurrency: int) -> CallPattern:
@@ -43,7 +48,10 @@ def worker_pattern(concurrency: int) -> CallPattern:
     s = Settings(worker_concurrency=concurrency)
     pollers = getattr(s, "effective_pollers", s.worker_pollers)  # older jobq: a fixed number
     in_flight = getattr(s, "sqs_calls_in_flight", 1)  # older jobq: one delete call at a time
-    return CallPattern(pollers, in_flight, s.batch_linger_ms / 1000)
+    import importlib.util
+
+    after_commit = importlib.util.find_spec("worker.after_commit") is not None
+    return CallPattern(pollers, in_flight, s.batch_linger_ms / 1000, after_commit)
 
 
 def worker_ceiling(
@@ -54,13 +62,17 @@ def worker_ceiling(
     s, t = sqs_ms / 1000, TXN_ROUND_TRIPS * pg_ms / 1000
     p = pattern.pollers
     per_receive = min(10, max(1, concurrency // p))
-    b = MAX_COMPLETION_BATCH
+    b, f = MAX_COMPLETION_BATCH, pattern.deletes_in_flight
+    if pattern.deletes_after_commit:
+        complete = min(b / t if t else math.inf, 10 * f / s if s else math.inf)
+        held = s + 2 * t
+    else:
+        complete = b / (t + math.ceil(b / 10) * s / f) if s + t else math.inf
+        held = 2 * s + 2 * t
     loops = {
         "receive": p * per_receive / (s + t) if s + t else math.inf,
-        "complete": b / (t + math.ceil(b / 10) * s / pattern.deletes_in_flight)
-        if s + t
-        else math.inf,
-        "slots": concurrency / (2 * s + 2 * t) if s + t else math.inf,
+        "complete": complete,
+        "slots": concurrency / held if held else math.inf,
     }
     bound = min(loops, key=lambda k: loops[k])
     return {

@@ -29,11 +29,30 @@ NODE = BENCH_DIR / "node_modules" / ".bin" / "node"
 FAUXQS_LAUNCHER = BENCH_DIR / "fauxqs_local.mjs"
 
 
+_next_port = [0]
+
+
 def free_port() -> int:
-    """A TCP port nobody listens on right now (on 127.0.0.1)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port nobody listens on right now (on 127.0.0.1).
+
+    `BENCH_PORTS=LOW-HIGH` takes them from that range (a machine shared by several runs).
+    """
+    span = os.environ.get("BENCH_PORTS")
+    if not span:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("127.0.0.1", 0))
+            return int(sock.getsockname()[1])
+    low, high = (int(x) for x in span.split("-"))
+    for _ in range(high - low + 1):
+        port = low + _next_port[0] % (high - low + 1)
+        _next_port[0] += 1
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in BENCH_PORTS={span}")
 
 
 def jobq_command(*args: str) -> list[str]:

@@ -252,3 +252,53 @@ def test_claim_finish_and_heartbeat_find_jobs_by_primary_key_on_stale_statistics
             indexes, seq = _indexes_and_seq_scans(plan)
             assert "ix_jobs_status_created" not in indexes and "jobs" not in seq, (name, plan)
         conn.rollback()
+
+
+class _RecordingSqs:
+    """Records send/delete calls; sends of the listed job ids fail."""
+
+    def __init__(self, failing: set[uuid.UUID]) -> None:
+        self.calls: list[tuple[str, list[Any]]] = []
+        self.failing = failing
+
+    def send_batch(self, items: list[Outgoing]) -> list[uuid.UUID]:
+        from app.errors import QueueUnavailable
+
+        self.calls.append(("send", [i.job_id for i in items]))
+        if any(i.job_id in self.failing for i in items):
+            raise QueueUnavailable("send refused")
+        return [i.job_id for i in items]
+
+    def delete_batch(self, messages: list[Any]) -> int:
+        self.calls.append(("delete", list(messages)))
+        return 0
+
+
+def test_after_commit_merges_queued_deletes_and_a_failed_send_keeps_only_its_own() -> None:
+    from app.sqs.queue import Message
+    from worker.after_commit import AfterCommit, Settle, merged
+
+    def msg(n: int) -> Message:
+        return Message(uuid.uuid4(), f"r{n}", f"m{n}", 1, None, "q")
+
+    published: list[uuid.UUID] = []
+    plain = [Settle([], [msg(i), msg(i + 10)], published.extend) for i in range(3)]
+    retry = Outgoing(uuid.uuid4())
+    broken = Outgoing(uuid.uuid4())
+    with_send = Settle([retry], [msg(20)], published.extend)
+    failing = Settle([broken], [msg(21)], published.extend)
+    other: list[str] = []
+    actions = [plain[0], with_send, lambda sqs: other.append("ran"), plain[1], failing, plain[2]]
+    sqs = _RecordingSqs({broken.job_id})
+    after = AfterCommit(sqs)  # type: ignore[arg-type]
+    for action in merged(actions):  # type: ignore[arg-type]
+        after._do(action)
+    deletes = [c[1] for c in sqs.calls if c[0] == "delete"]
+    # The six plain deletes in one call; the batch with a sent retry deleted after its send;
+    # the batch whose send failed kept its message (it comes back).
+    assert sorted(m.receipt_handle for m in deletes[-1]) == sorted(
+        m.receipt_handle for s in plain for m in s.deletes
+    )
+    assert [m.receipt_handle for m in deletes[0]] == ["r20"]
+    assert len(deletes) == 2
+    assert other == ["ran"] and published == [retry.job_id]

@@ -12,15 +12,57 @@ from __future__ import annotations
 
 import logging
 import queue
+import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from app.errors import JobqError
-from app.loops import BackgroundLoop
-from app.sqs.queue import SqsQueue
+from app.loops import BackgroundLoop, take_batch
+from app.sqs.queue import Message, Outgoing, SqsQueue
 
 log = logging.getLogger("jobq.completer")
 
+# Actions drained and merged per turn at most (each settles up to 100 messages).
+MAX_MERGED = 10
+
+
+@dataclass
+class Settle:
+    """A batch's fresh messages (then marked sent with `published`), then its deletes."""
+
+    resend: list[Outgoing]
+    deletes: list[Message]
+    published: Callable[[list[uuid.UUID]], None] = field(repr=False)
+
+    def __call__(self, sqs: SqsQueue) -> None:
+        """Send, mark sent, delete: in that order."""
+        if self.resend:
+            self.published(sqs.send_batch(self.resend))
+        if self.deletes and sqs.delete_batch(self.deletes):
+            log.warning("SQS refused some deletes; those messages come back as duplicates")
+
+
 Action = Callable[[SqsQueue], None]
+
+
+def merged(actions: list[Action]) -> list[Action]:
+    """The queued Settles as one (their sends, then their deletes), the other actions as they are.
+
+    One turn then costs one round trip (the calls go out `calls_in_flight` at once) however
+    many batches the completer committed meanwhile: one action per turn fell behind at
+    ~40 batches/s behind a 20 ms SQS (the deletes lagged by seconds, growing).
+    """
+    settles = [a for a in actions if isinstance(a, Settle)]
+    if len(settles) < 2:
+        return actions
+    rest = [a for a in actions if not isinstance(a, Settle)]
+    sends = [s for s in settles if s.resend]
+    # A failed send keeps only its own batches' messages (they come back and the dispatcher
+    # sends the retry); the deletes of batches that sent nothing go ahead regardless.
+    plain = Settle(
+        [], [m for s in settles if not s.resend for m in s.deletes], settles[0].published
+    )
+    return [*rest, *sends, plain]
 
 
 class AfterCommit(BackgroundLoop):
@@ -51,9 +93,13 @@ class AfterCommit(BackgroundLoop):
         self._queue.put(None)
 
     def run(self) -> None:
-        """Do actions until the stop sentinel."""
-        while (action := self._queue.get()) is not None:
-            self._do(action)
+        """Do actions until the stop sentinel, merging what queued up meanwhile."""
+        while True:
+            actions, stop = take_batch(self._queue, MAX_MERGED)
+            for action in merged(actions):
+                self._do(action)
+            if stop:
+                return
 
     def _do(self, action: Action) -> None:
         try:

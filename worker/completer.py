@@ -30,7 +30,7 @@ from app.sqs.limits import MAX_BATCH, MAX_DELAY_SECONDS
 from app.sqs.queue import Message, Outgoing, SqsQueue
 from app.tasks.retry import Backoff as RetrySchedule
 from worker import policy
-from worker.after_commit import AfterCommit
+from worker.after_commit import AfterCommit, Settle
 from worker.encode import describe, safe_text
 from worker.executor import Outcome
 
@@ -267,15 +267,12 @@ class Completer(BackgroundLoop):
         # and is handled as a duplicate of a finished (or retrying) job, and a retry whose
         # fresh message was not sent is sent by the dispatcher. Nothing is lost.
         if resend or deletes:
-            self.actions.submit(lambda sqs: self._act(sqs, resend, deletes))
+            # A Settle: what queues up behind a slow SQS is merged into one turn (after_commit).
+            self.actions.submit(Settle(resend, deletes, self._published))
 
-    def _act(self, sqs: SqsQueue, resend: list[Outgoing], deletes: list[Message]) -> None:
-        """On the after-commit thread: the fresh messages first, then the deletes."""
-        if resend:
-            sent = sqs.send_batch(resend)
-            self._db.run(lambda conn: queries.mark_published(conn, sent))
-        if deletes and sqs.delete_batch(deletes):
-            log.warning("SQS refused some deletes; those messages come back as duplicates")
+    def _published(self, sent: list[uuid.UUID]) -> None:
+        """On the after-commit thread: the fresh messages SQS took are marked sent."""
+        self._db.run(lambda conn: queries.mark_published(conn, sent))
 
     def _send_released(self) -> None:
         """Workflow children queued by this batch's commit: send them (a failed send is
