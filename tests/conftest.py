@@ -24,6 +24,7 @@ from app.migrate import upgrade
 from app.runtime import Runtime, build_runtime
 from app.sqs.queue import ensure_queues, make_sqs_client
 from app.tasks.registry import REGISTRY
+from tests.browser import chromium
 from tests.helpers import stop_process
 from tests.tasks import EXECUTIONS_DDL
 from worker.runner import Worker
@@ -228,3 +229,10 @@ def live_api(settings: Settings) -> Iterator[str]:
 
     with serve(create_app(settings)) as url:
         yield url
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    """Headless Chromium driven by Selenium through Debian's chromedriver (no downloads)."""
+    with chromium() as driver:
+        yield driver

@@ -21,6 +21,10 @@ T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
 FINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 
+# API keys the auth-enabled tests configure (16+ characters, as the API requires).
+READ_KEY = "read-key-0123456789abcdef"
+SUBMIT_KEY = "submit-key-0123456789abcdef"
+
 
 def wait_for(
     check: Callable[[], T], *, timeout: float = 30.0, interval: float = 0.05, what: str = ""

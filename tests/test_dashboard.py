@@ -17,17 +17,7 @@ import pytest
 from sqlalchemy import text
 
 from tests.browser import chromium, screenshot, text_of
-from tests.helpers import serve, wait_for
-
-READ_KEY = "read-key-0123456789abcdef"
-SUBMIT_KEY = "submit-key-0123456789abcdef"
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    """Headless Chromium driven by Selenium through Debian's chromedriver (no downloads)."""
-    with chromium() as driver:
-        yield driver
+from tests.helpers import READ_KEY, SUBMIT_KEY, serve, wait_for
 
 
 def _finished(api: str, ids: list[str], status: str) -> bool:

@@ -8,26 +8,14 @@ With JOBQ_DOCS_SCREENSHOTS=1 the browser tests also write docs/dashboard-*.png.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from app.api.app import create_app
-from tests.browser import chromium, screenshot, text_of
-from tests.helpers import job_statuses, serve, wait_for
-
-READ_KEY = "read-key-0123456789abcdef"
-SUBMIT_KEY = "submit-key-0123456789abcdef"
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    """Headless Chromium driven by Selenium through Debian's chromedriver."""
-    with chromium() as driver:
-        yield driver
+from tests.browser import screenshot, text_of
+from tests.helpers import READ_KEY, SUBMIT_KEY, job_statuses, serve, wait_for
 
 
 def _rows(db: Any, sql: str, *args: Any) -> list[Any]:

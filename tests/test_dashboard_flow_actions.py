@@ -14,10 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.api.app import create_app
-from tests.helpers import job_statuses, wait_for
-
-READ_KEY = "read-key-0123456789abcdef"
-SUBMIT_KEY = "submit-key-0123456789abcdef"
+from tests.helpers import READ_KEY, SUBMIT_KEY, job_statuses, wait_for
 
 
 def _rows(db: Any, sql: str, *args: Any) -> list[Any]:

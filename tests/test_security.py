@@ -15,10 +15,7 @@ from fastapi.testclient import TestClient
 
 from app.api.app import create_app
 from app.errors import JobqError
-from tests.helpers import ROOT, settings_env, wait_for
-
-SUBMIT_KEY = "submit-key-0123456789abcdef"
-READ_KEY = "read-key-0123456789abcdef"
+from tests.helpers import READ_KEY, ROOT, SUBMIT_KEY, settings_env, wait_for
 
 
 @pytest.fixture
