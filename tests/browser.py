@@ -54,14 +54,14 @@ def chromium(extra_flags: Sequence[str] = ()) -> Iterator[Any]:
 
 
 def text_of(driver: Any, css: str = "body") -> str:
-    """An element's text; "" while the page or a live region is being replaced (the old node
-    is stale, or the new one not there yet), so callers polling with wait_for look again."""
-    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    """An element's text; "" while it is not there (a live region being replaced), so callers
+    polling with wait_for look again.
 
-    try:
-        return str(driver.find_element("css selector", css).text)
-    except (StaleElementReferenceException, NoSuchElementException):
-        return ""
+    Found and read in one script call: between a find and a read, an htmx swap can replace the
+    node (stale element, or Chromium's "node does not belong to the document").
+    """
+    script = "const e = document.querySelector(arguments[0]); return e ? e.innerText : '';"
+    return str(driver.execute_script(script, css) or "")
 
 
 def screenshot(driver: Any, tmp_path: Path, name: str) -> None:
