@@ -130,6 +130,12 @@ class HeldConnections:
     restarted): SQLAlchemy then invalidates it (and every connection pooled before the
     restart) and the statement fails before anything was written, so `run` retries once on a
     fresh, pre-pinged checkout. Only a failure of the retry reaches the caller.
+
+    The connections are in autocommit mode and `run` sends `BEGIN` and `COMMIT` itself, so a
+    caller whose work is one statement can skip both (`atomic=False`): PostgreSQL runs a
+    lone statement as a transaction of its own, one round trip instead of three (psycopg2
+    sends `BEGIN` as a round trip of its own). At 1 ms to RDS that is 2 ms off each claim
+    and each finish.
     """
 
     def __init__(self, engine: Engine) -> None:
@@ -138,8 +144,11 @@ class HeldConnections:
         self._lock = threading.Lock()
         self._all: list[Connection] = []
 
-    def run(self, work: Callable[[Connection], T]) -> T:
+    def run(self, work: Callable[[Connection], T], *, atomic: bool = True) -> T:
         """`work` in one transaction on this thread's connection, committed on return.
+
+        `atomic=False` is for work that runs a single statement (or reads only): it runs
+        without `BEGIN`/`COMMIT`, each statement committing on its own.
 
         Also run again (up to CONFLICT_RETRIES times) when PostgreSQL aborted the transaction
         to break a deadlock or a serialization conflict: nothing of it was written, and trying
@@ -151,7 +160,7 @@ class HeldConnections:
             conn = self._connection()
             try:
                 with translate_db_errors(), conn.begin():
-                    return work(conn)
+                    return _transaction(conn, work) if atomic else work(conn)
             except DatabaseUnavailable as exc:
                 if conn.invalidated:
                     self._drop(conn)
@@ -166,9 +175,13 @@ class HeldConnections:
 
     def _connection(self) -> Connection:
         conn: Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and conn.invalidated:
+            self._drop(conn)
+            conn = None
         if conn is None or conn.closed:
             with translate_db_errors():
-                conn = self._engine.connect()
+                # SQLAlchemy's begin/commit are then no-ops; _transaction sends the SQL.
+                conn = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
             self._local.conn = conn
             with self._lock:
                 self._all.append(conn)
@@ -187,3 +200,21 @@ class HeldConnections:
             held, self._all = self._all, []
         for conn in held:
             conn.close()
+
+
+def _transaction(conn: Connection, work: Callable[[Connection], T]) -> T:
+    """`work` between `BEGIN` and `COMMIT` on an autocommit connection; rolled back if it raises."""
+    conn.exec_driver_sql("BEGIN")
+    try:
+        out = work(conn)
+    except BaseException:
+        if not conn.invalidated:
+            try:
+                conn.exec_driver_sql("ROLLBACK")
+            except Exception:  # noqa: BLE001 - the first error is the one to report
+                # Never reuse a connection that may still be inside the failed transaction.
+                log.debug("rollback after a failed transaction failed too", exc_info=True)
+                conn.invalidate()
+        raise
+    conn.exec_driver_sql("COMMIT")
+    return out

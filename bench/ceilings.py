@@ -1,7 +1,9 @@
 """What the round-trip times allow jobq's call pattern to do: the ceilings in docs/benchmarks.md.
 
 One worker process with concurrency C, P pollers, S = SQS RTT, D = PostgreSQL RTT and
-T = K·D per transaction (K = 3: BEGIN, the statement, COMMIT) can go no faster than the
+T = K·D per claim or finish (K = 1: each is one statement committing on its own; K = 3 in
+jobq before its held connections ran lone statements without BEGIN and COMMIT, which
+psycopg2 sends as round trips of their own) can go no faster than the
 slowest of its three loops (each figure is an upper bound: CPU, the servers and the job's own
 run time only lower it):
 
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 TXN_ROUND_TRIPS = 3  # BEGIN, the statement, COMMIT (psycopg2 sends BEGIN on its own)
+STATEMENT_ROUND_TRIPS = 1  # a lone statement on an autocommit connection
 MAX_COMPLETION_BATCH = 100  # worker/completer.py
 
 
@@ -39,6 +42,7 @@ class CallPattern:
     deletes_in_flight: int
     linger_s: float
     deletes_after_commit: bool = True  # slots freed at commit, deletes on their own thread
+    round_trips: int = STATEMENT_ROUND_TRIPS  # per claim or finish
 
 
 def worker_pattern(concurrency: int) -> CallPattern:
@@ -51,7 +55,17 @@ def worker_pattern(concurrency: int) -> CallPattern:
     import importlib.util
 
     after_commit = importlib.util.find_spec("worker.after_commit") is not None
-    return CallPattern(pollers, in_flight, s.batch_linger_ms / 1000, after_commit)
+    return CallPattern(pollers, in_flight, s.batch_linger_ms / 1000, after_commit, round_trips_per_write())
+
+
+def round_trips_per_write() -> int:
+    """Round trips of a claim or finish in the installed jobq (older ones: a transaction)."""
+    import inspect
+
+    from app.db import HeldConnections
+
+    lone = "atomic" in inspect.signature(HeldConnections.run).parameters
+    return STATEMENT_ROUND_TRIPS if lone else TXN_ROUND_TRIPS
 
 
 def worker_ceiling(
@@ -59,7 +73,7 @@ def worker_ceiling(
 ) -> dict[str, Any]:
     """Jobs/s the RTTs allow `processes` workers of `concurrency`, per loop and overall."""
     pattern = worker_pattern(concurrency)
-    s, t = sqs_ms / 1000, TXN_ROUND_TRIPS * pg_ms / 1000
+    s, t = sqs_ms / 1000, pattern.round_trips * pg_ms / 1000
     p = pattern.pollers
     per_receive = min(10, max(1, concurrency // p))
     b, f = MAX_COMPLETION_BATCH, pattern.deletes_in_flight
@@ -78,6 +92,7 @@ def worker_ceiling(
     return {
         "pollers": p,
         "deletes_in_flight": pattern.deletes_in_flight,
+        "round_trips": pattern.round_trips,
         "per_process": {k: round(v) if v != math.inf else None for k, v in loops.items()},
         "bound_by": bound,
         "jobs_per_s": processes * loops[bound] if loops[bound] != math.inf else None,
@@ -86,7 +101,7 @@ def worker_ceiling(
 
 def api_ceiling(clients: int, pg_ms: float, http_ms: float) -> float | None:
     """Requests/s `clients` closed-loop clients can reach when each waits one group commit."""
-    per = http_ms / 1000 + TXN_ROUND_TRIPS * pg_ms / 1000
+    per = http_ms / 1000 + round_trips_per_write() * pg_ms / 1000
     return clients / per if per else None
 
 

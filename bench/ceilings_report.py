@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ceilings import TXN_ROUND_TRIPS, api_ceiling, ratio, worker_ceiling
+from ceilings import round_trips_per_write, api_ceiling, ratio, worker_ceiling
 from netem import Rtt
 
 
@@ -128,7 +128,7 @@ def render_ceilings(results: dict[str, Any]) -> str:
         p = c["post_jobs_32"]
         lines.append(
             f"  POST /jobs x32: {p['req_per_s']:,.0f} req/s, p99 {p['p99_ms']:.1f} ms "
-            f"(RTT ceiling 32 / ({TXN_ROUND_TRIPS} x PG RTT) = "
+            f"(RTT ceiling 32 / ({round_trips_per_write()} x PG RTT) = "
             f"{_fmt(p['rtt_ceiling_req_per_s'])} req/s)"
         )
     for t in c.get("targets", []):

@@ -110,3 +110,84 @@ def test_conflict_retries_are_bounded_and_other_errors_are_not_retried(held: Any
     with pytest.raises(InvalidInput):
         held.run(work)
     assert len(runs) == 1 and _probe_rows(db) == []
+
+
+# -- round trips: a lone statement needs no BEGIN/COMMIT --------------------------------------
+
+
+def _statements_by_connection(engine: Any) -> tuple[dict[int, list[str]], Any]:
+    """Record what each DBAPI connection of `engine` executes; (record, stop)."""
+    seen: dict[int, list[str]] = {}
+
+    def before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        dbapi = conn.connection.dbapi_connection
+        # psycopg2 sends BEGIN itself (unseen here) unless the connection is in autocommit.
+        mode = "autocommit" if dbapi.autocommit else "implicit-begin"
+        seen.setdefault(id(dbapi), []).append(f"{mode}: {' '.join(statement.split())[:40]}")
+
+    event.listen(engine, "before_cursor_execute", before)
+    return seen, lambda: event.remove(engine, "before_cursor_execute", before)
+
+
+def test_a_plain_claim_and_finish_are_one_statement_each(
+    api: Any, worker_factory: Any, db: Any, settings: Settings
+) -> None:
+    worker = worker_factory(settings, run=False, worker_concurrency=4, worker_pollers=1)
+    worker.start()
+    run_echo_job(api, db)  # warm-up
+    seen, stop = _statements_by_connection(worker.runtime.engine)
+    try:
+        run_echo_job(api, db)
+    finally:
+        stop()
+    claim = [s for s in seen.values() if any("WITH prev AS" in x for x in s)]
+    finish = [s for s in seen.values() if any("WITH v AS" in x for x in s)]
+    assert claim and finish, seen
+    for statements in claim + finish:
+        assert all(x.startswith("autocommit: WITH") for x in statements), statements
+
+
+def test_a_workflow_finish_queues_its_children_in_the_same_transaction(
+    api: Any, worker_factory: Any, db: Any, settings: Settings
+) -> None:
+    from tests.helpers import job_statuses, wait_for
+
+    worker = worker_factory(settings, run=False, worker_concurrency=4, worker_pollers=1)
+    worker.start()
+    run_echo_job(api, db)  # warm-up
+    seen, stop = _statements_by_connection(worker.runtime.engine)
+    try:
+        parent = api.post("/jobs", json={"task": "echo"}).json()["id"]
+        child = api.post("/jobs", json={"task": "echo", "depends_on": [parent]}).json()["id"]
+        wait_for(
+            lambda: job_statuses(db, [parent, child]) == {parent: "succeeded", child: "succeeded"},
+            what="parent and child to succeed",
+        )
+    finally:
+        stop()
+    finishes = [s for s in seen.values() if any("WITH v AS" in x for x in s)]
+    assert finishes, seen
+    for statements in finishes:
+        i = next(i for i, x in enumerate(statements) if "WITH v AS" in x)
+        assert statements[i - 1] == "autocommit: BEGIN", statements
+        assert "autocommit: COMMIT" in statements[i + 1 :], statements
+
+
+def test_atomic_work_that_raises_writes_nothing_and_lone_statements_commit_alone(
+    held: Any, db: Any
+) -> None:
+    from sqlalchemy import text
+
+    def two_then_fail(conn: Any) -> None:
+        conn.execute(text("INSERT INTO job_attempts_probe VALUES (1)"))
+        conn.execute(text("INSERT INTO job_attempts_probe VALUES (2)"))
+        raise RuntimeError("handler bug between statements")
+
+    with pytest.raises(RuntimeError):
+        held.run(two_then_fail)
+    assert _probe_rows(db) == []
+    with pytest.raises(RuntimeError):
+        held.run(two_then_fail, atomic=False)
+    assert _probe_rows(db) == [1, 2]  # each statement committed on its own, as documented
+    held.run(lambda conn: conn.execute(text("INSERT INTO job_attempts_probe VALUES (3)")))
+    assert _probe_rows(db) == [1, 2, 3]  # the connection is usable after the rollback

@@ -67,7 +67,7 @@ class Dispatch:
 
     def probe(self) -> None:
         """Raise unless PostgreSQL answers (the gate's probe)."""
-        self.db.run(lambda conn: conn.execute(text("SELECT 1")))
+        self.db.run(lambda conn: conn.execute(text("SELECT 1")), atomic=False)
 
     def __call__(self, entries: list[Entry]) -> None:
         """Claim the jobs of one receive's (held) messages, start the claimed."""
@@ -110,7 +110,11 @@ class Dispatch:
         sent_at = time.monotonic()
         # A retry after a dead connection is safe: if the first claim did commit, its jobs are
         # ours under a live lease, so they come back as unclaimed and return after the lease.
-        claimed, deferred = self.db.run(lambda conn: self._claim(conn, ids, lease))
+        # Without flow control the claim is one statement: no BEGIN/COMMIT round trips.
+        flowing = self.db.run(self.flow_switch.active, atomic=False)
+        claimed, deferred = self.db.run(
+            lambda conn: self._claim(conn, ids, lease, flowing), atomic=flowing
+        )
         if deferred:
             held = {d.job_id: d for d in deferred}
             later = [(e, held[e.message.job_id]) for e in named if e.message.job_id in held]
@@ -160,11 +164,11 @@ class Dispatch:
         return list(first.values())
 
     def _claim(
-        self, conn: Connection, ids: list[uuid.UUID], lease: float
+        self, conn: Connection, ids: list[uuid.UUID], lease: float, flowing: bool
     ) -> tuple[dict[uuid.UUID, Claimed], list[flow.Deferred]]:
         """Flow control's admission (when anything is paused or limited), then the claim."""
         margin = self.limits.lease_margin
-        if self.flow_switch.active(conn):
+        if flowing:
             admission = flow.admit(
                 conn, ids, margin=margin, pause_recheck=self.settings.pause_recheck_seconds
             )

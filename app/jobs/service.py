@@ -91,6 +91,7 @@ class JobService:
             max_rows=settings.batch_max_jobs,
         )
         engine = sessions.kw["bind"]
+        self._insert_page = engine.dialect.insertmanyvalues_page_size
         self._finals = FinalListener(lambda: listen_connection(engine))
 
     def close(self) -> None:
@@ -120,7 +121,11 @@ class JobService:
     def _insert_grouped(self, rows: list[Row]) -> list[JobOut]:
         """Insert rows without idempotency keys on the calling committer thread's held
         connection, in one statement and one commit; their API views, in order."""
-        return _views(rows, self._held.run(lambda conn: queries.insert_jobs(conn, rows)))
+        # Up to a page of insertmanyvalues the INSERT is one statement: no BEGIN/COMMIT trips.
+        one = len(rows) <= self._insert_page
+        return _views(
+            rows, self._held.run(lambda conn: queries.insert_jobs(conn, rows), atomic=not one)
+        )
 
     def _submit_keyed(self, row: Row) -> tuple[JobOut, bool]:
         ready: list[transitions.Ready] = []

@@ -37,6 +37,7 @@ class Claimed:
     priority: str = "default"
     parents: list[dict[str, Any]] | None = None  # a workflow job's parents' outcomes
     queue: str = "default"
+    in_workflow: bool = False  # finishing it may queue children (a second statement)
 
 
 _CLAIM = text(
@@ -63,7 +64,7 @@ _CLAIM = text(
           AND (j.run_at IS NULL OR j.run_at <= now() + interval '1 second')
         RETURNING j.id, j.task, j.payload, j.attempts, j.failures, j.max_attempts, j.series,
                   j.priority, j.queue, j.timeout_seconds, j.trace_id, j.parent_results,
-                  now() AS started,
+                  j.workflow_id IS NOT NULL AS in_workflow, now() AS started,
                   prev.status AS prev_status, prev.worker_id AS prev_worker, prev.queued_at
     ), lost AS (
         -- The previous run's worker died holding the job: record that run as lost.
@@ -119,6 +120,7 @@ def claim_many(
             priority=row.priority,
             parents=row.parent_results,
             queue=row.queue,
+            in_workflow=row.in_workflow,
         )
     return claimed
 
