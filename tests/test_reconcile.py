@@ -87,8 +87,13 @@ def _all_older_than(db: Any, seconds: float) -> bool:
         return bool(cur.fetchone()[0])
 
 
+LATE = 4.0
+
+
 def test_only_jobs_long_due_without_a_live_holder_are_resent(db: Any, runtime: Any) -> None:
-    # Sent after the queue was made (so only lateness counts), late after 1 s.
+    # Sent after the queue was made (so only lateness counts), late after LATE s: long enough
+    # that the two jobs sent just before the pass are still fresh on a loaded machine (with
+    # 1 s, a CI run took longer than that between their insert and the pass).
     sent = {"published_at": "now()"}
     lost = _insert(db, 5, **sent)
     _insert(db, 1, "retrying", run_at="now() + interval '1 minute'", **sent)  # not due yet
@@ -98,11 +103,11 @@ def test_only_jobs_long_due_without_a_live_holder_are_resent(db: Any, runtime: A
     dead = "now() - interval '5 minutes'"
     dead_holder = _insert(db, 1, "running", worker_id="'w'", lease_expires_at=dead, **sent)
     _insert(db, 1, "succeeded", finished_at="now()", **sent)
-    wait_for(lambda: _all_older_than(db, 1.0), what="the jobs to be late")
+    wait_for(lambda: _all_older_than(db, LATE), timeout=LATE + 10, what="the jobs to be late")
     _insert(db, 2, **sent)  # sent just now: not due for a delivery yet
     before = _reconciled("queued"), _reconciled("running")
 
-    reconciler = _reconciler(runtime, after_seconds=1.0, settle_seconds=0)
+    reconciler = _reconciler(runtime, after_seconds=LATE, settle_seconds=0)
     assert reconciler.run_once() == 6
     assert _reconciled("queued") - before[0] == 5
     assert _reconciled("running") - before[1] == 1
