@@ -142,8 +142,10 @@ class FinalListener(BackgroundLoop):
             cur.execute(f"LISTEN {self._channel}")
         self.backend_pid = conn.get_backend_pid()
         backoff.reset()
-        self._wake(None)
+        # LISTEN is in effect: say so before the resync wakes every waiter, so a woken waiter
+        # never finds the listener still marked down (a CI run saw exactly that).
         self.listening.set()  # from here on, only a NOTIFY (or close) wakes a waiter
+        self._wake(None)
         while not self.stopping.is_set():
             ready, _, _ = select.select([conn, self._wake_r], [], [], self._keepalive)
             if self._wake_r in ready:
